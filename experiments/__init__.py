@@ -1,0 +1,1 @@
+"""The steps users run (train_cae, finetune, vae, analyze, main) and what they share."""

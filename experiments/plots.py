@@ -1,0 +1,75 @@
+"""Figures fmae logs: matplotlib only, Agg backend, one function per figure."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from experiments.data import CLASS_NAMES  # noqa: E402
+
+
+def plot_reconstructions(images: torch.Tensor, recon: torch.Tensor, title: str = "") -> plt.Figure:
+    """Test images (top row) above their reconstructions (bottom row), as in the seed."""
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8))
+    for i in range(n):
+        for row, batch in enumerate((images, recon)):
+            ax = axes[row, i]
+            ax.imshow(batch[i, 0].detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if i == 0:
+            axes[0, 0].set_ylabel("original")
+            axes[1, 0].set_ylabel("reconstructed")
+    fig.suptitle(title or "Test images and their reconstructions")
+    fig.tight_layout()
+    return fig
+
+
+def plot_image_grid(images: torch.Tensor, title: str, ncols: int = 8) -> plt.Figure:
+    """Images (N, 1, 28, 28) in a grid: generated samples, interpolations."""
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.1 * nrows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            ax.imshow(images[i, 0].detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_latent_2d(points: np.ndarray, labels: np.ndarray, title: str) -> plt.Figure:
+    """2-D codes coloured by class, with the class names in the legend."""
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    cmap = plt.get_cmap("tab10")
+    for k, name in enumerate(CLASS_NAMES):
+        mask = labels == k
+        ax.scatter(points[mask, 0], points[mask, 1], s=4, color=cmap(k), label=name, alpha=0.7)
+    ax.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix: np.ndarray, title: str = "Confusion matrix (test set)") -> plt.Figure:
+    """Counts with true classes as rows, labelled with the class names."""
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ax.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(CLASS_NAMES))
+    ax.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(ticks, CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > threshold else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

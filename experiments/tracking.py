@@ -1,0 +1,235 @@
+"""MLflow at the edges: which run a step writes to, models that rebuild as modules, the
+registry's champion rule, and the link a user opens afterwards."""
+
+import contextlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Param, Run
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from experiments.errors import UserError
+from fmae_models import CAE, VAE, CAEConfig, Classifier, Encoder, VAEConfig
+from fmae_models.vae import VAEMeanEncoder
+
+DEFAULT_EXPERIMENT = "fmae"
+CHAMPION = "champion"
+RECIPE_FILE = "fmae_model.json"  # what to build: {"kind": ..., "config": {...}}
+WEIGHTS_FILE = "state_dict.pt"  # its weights, read back with weights_only=True
+UI_BASE = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+
+
+def build_module(kind: str, config: dict[str, Any]) -> nn.Module:
+    """An untrained module of one of the kinds fmae logs."""
+    if kind == "cae":
+        return CAE(CAEConfig(**config))
+    if kind == "encoder":
+        return Encoder(CAEConfig(**config))
+    if kind == "classifier":
+        return Classifier(Encoder(CAEConfig(**config)), config["encoded_space_dim"])
+    if kind == "vae":
+        return VAE(VAEConfig(**config))
+    if kind == "vae_encoder":
+        return VAEMeanEncoder(VAE(VAEConfig(**config)))
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+# --- tracking server and runs ------------------------------------------------------------
+
+def tracking_uri() -> str:
+    """MLflow's own choice, with a relative sqlite/file path made absolute so trial processes
+    (which Ray starts in other folders) write to the same store."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
+def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after minutes of HTTP retries, when a tracking server is down."""
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"the MLflow tracking server at {uri} did not answer ({reason}). Start it "
+            "(mlflow server --host ... --port ...), fix MLFLOW_TRACKING_URI, or unset it to use "
+            "the local store mlflow.db."
+        ) from None
+
+
+def choose_experiment() -> None:
+    """`mlflow run`'s experiment if it started us, else $MLFLOW_EXPERIMENT_NAME/_ID, else fmae."""
+    if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return
+    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+@contextlib.contextmanager
+def start_step_run(step: str, params: dict[str, Any]) -> Iterator[Run]:
+    """The run a step writes to: the one `mlflow run` made, a child of an active run (the
+    `main` pipeline), or a new one. Ends FAILED on any error, KILLED on Ctrl-C."""
+    check_tracking_server()
+    nested = mlflow.active_run() is not None
+    if not nested:
+        choose_experiment()
+    active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step, nested=nested)
+    try:
+        mlflow.set_tag("fmae.step", step)
+        log_new_params(params)
+        yield mlflow.get_run(active.info.run_id)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+    print_run_link(active.info.run_id)
+
+
+def log_new_params(params: dict[str, Any], run_id: str | None = None) -> None:
+    """Log params the run lacks. `mlflow run` has already logged the entry point's
+    parameters as the user spelled them (1e-3 vs 0.001); those stay as they are."""
+    client = MlflowClient()
+    run_id = run_id or mlflow.active_run().info.run_id
+    present = client.get_run(run_id).data.params
+    fresh = [Param(k, str(v)) for k, v in params.items() if k not in present]
+    if fresh:
+        client.log_batch(run_id, params=fresh)
+
+
+def ui_link(run_id: str) -> str:
+    """The run in the MLflow UI's training view."""
+    run = MlflowClient().get_run(run_id)
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_BASE
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def print_run_link(run_id: str) -> None:
+    uri = tracking_uri()
+    print(f"MLflow tracking URI: {uri}")
+    if not uri.startswith(("http://", "https://")):
+        print(f"Browse it with: mlflow ui --backend-store-uri {uri}")
+    print(f"Run: {ui_link(run_id)}", flush=True)
+
+
+# --- models --------------------------------------------------------------------------------
+
+def example_images(n: int = 4) -> np.ndarray:
+    """A fixed input example (n, 1, 28, 28) float32; n > 1 keeps the exported batch dim dynamic."""
+    return np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
+
+
+def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], run_id: str | None = None):
+    """Log model as an MLflow pytorch model (pt2: safe to load, callable on any batch) plus
+    a recipe and a state dict that rebuild it as a trainable fmae module (see load_module)."""
+    model = model.to("cpu").eval()
+    x = example_images()
+    with torch.no_grad():
+        y = model(torch.from_numpy(x))
+    outputs = y[0] if isinstance(y, tuple) else y  # the VAE's first output is its reconstruction
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe, weights = Path(tmp, RECIPE_FILE), Path(tmp, WEIGHTS_FILE)
+        recipe.write_text(json.dumps({"kind": kind, "config": config}))
+        torch.save(model.state_dict(), weights)
+        return mlflow.pytorch.log_model(
+            model,
+            name=name,
+            input_example=x,
+            signature=infer_signature(x, outputs.numpy()),
+            extra_files=[str(recipe), str(weights)],
+            serialization_format="pt2",
+            run_id=run_id,
+        )
+
+
+def load_module(model_uri: str, kinds: tuple[str, ...] | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
+    """Rebuild the trainable module behind any MLflow model URI fmae logged
+    (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/NAME, models:/m-...)."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except (MlflowException, OSError) as exc:
+        raise UserError(
+            f"model_uri={model_uri!r} names no model MLflow can find at {tracking_uri()} "
+            f"({str(exc).splitlines()[0]}). Check the name, version or alias in the MLflow UI "
+            "(Models tab), or run the step that registers it first."
+        ) from None
+    recipe_path = next(local.rglob(RECIPE_FILE), None)
+    if recipe_path is None:
+        raise UserError(f"model_uri={model_uri!r} is not a model fmae logged: it has no {RECIPE_FILE}.")
+    recipe = json.loads(recipe_path.read_text())
+    if kinds is not None and recipe["kind"] not in kinds:
+        raise UserError(f"model_uri={model_uri!r} is a {recipe['kind']}; this step needs a {' or '.join(kinds)}.")
+    module = build_module(recipe["kind"], recipe["config"])
+    state = torch.load(recipe_path.parent / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+    return module, recipe["kind"], recipe["config"]
+
+
+def model_lineage(model_uri: str) -> dict[str, str]:
+    """Tags that say where a model came from: its registered version and source run."""
+    tags = {"fmae.source_model_uri": model_uri}
+    if model_uri.startswith("models:/"):
+        name_ref = model_uri[len("models:/"):]
+        client = MlflowClient()
+        try:
+            if "@" in name_ref:
+                name, alias = name_ref.split("@", 1)
+                version = client.get_model_version_by_alias(name, alias)
+            elif "/" in name_ref:
+                name, number = name_ref.split("/", 1)
+                version = client.get_model_version(name, number)
+            else:
+                return tags
+        except MlflowException:
+            return tags
+        tags.update({"fmae.source_model": f"{version.name}/{version.version}",
+                     "fmae.source_run_id": version.run_id or ""})
+    elif model_uri.startswith("runs:/"):
+        tags["fmae.source_run_id"] = model_uri[len("runs:/"):].split("/", 1)[0]
+    return tags
+
+
+def register_model(model_uri: str, name: str, run_id: str, score: tuple[str, float], higher_is_better: bool,
+                   tags: dict[str, Any] | None = None):
+    """Register model_uri as a new version of name, tagged with its run and score; the alias
+    `champion` moves to it only if it beats the current champion's score (or there is none)."""
+    client = MlflowClient()
+    key, value = score
+    all_tags = {"fmae.run_id": run_id, key: str(value), **{k: str(v) for k, v in (tags or {}).items()}}
+    version = mlflow.register_model(model_uri, name, tags=all_tags)
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        current_value = float(current.tags.get(key, "nan"))
+    except MlflowException:
+        current, current_value = None, float("nan")
+    beats = current is None or not np.isfinite(current_value) or (
+        value > current_value if higher_is_better else value < current_value)
+    if beats:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        print(f"Registered {name} version {version.version}: the new {CHAMPION} ({key}={value:.4g}).")
+    else:
+        print(f"Registered {name} version {version.version} ({key}={value:.4g}); {CHAMPION} stays version "
+              f"{current.version} ({key}={current_value:.4g}).")
+    client.set_model_version_tag(name, version.version, "fmae.champion_at_registration", str(beats).lower())
+    return version, beats

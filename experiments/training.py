@@ -1,0 +1,97 @@
+"""One training loop for the CAE, the VAE and the classifier.
+
+A step supplies a `loss_fn(model, images, labels) -> scalar` and a `report(epoch, metrics)`
+callback; MLflow logging and Ray Tune's `tune.report` both plug in as that callback.
+"""
+
+import random
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from experiments.data import Split, iterate_batches
+from experiments.errors import UserError
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Report = Callable[[int, dict[str, float]], None]
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+EVAL_BATCH = 2048  # no gradients kept, so evaluation can take larger batches
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """The seed's optimisers; momentum applies to sgd and rmsprop only."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    raise UserError(f"optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}.")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Shuffling order depends on (seed, epoch) only, so a resumed run sees the same batches."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def train_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, split: Split,
+                batch_size: int, generator: torch.Generator) -> float:
+    """One pass over split; the mean loss per example."""
+    model.train()
+    total, seen = torch.zeros((), device=split.images.device), 0
+    for images, labels in iterate_batches(split, batch_size, generator):
+        loss = loss_fn(model, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(labels)  # stays on the device: no sync per batch
+        seen += len(labels)
+    return float(total) / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: LossFn, split: Split, batch_size: int = EVAL_BATCH) -> float:
+    """Mean loss per example over split, in eval mode."""
+    model.eval()
+    total = torch.zeros((), device=split.images.device)
+    for images, labels in iterate_batches(split, batch_size):
+        total += loss_fn(model, images, labels) * len(labels)
+    return float(total) / max(len(split), 1)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> float:
+    """Fraction of split a log-probability model labels correctly."""
+    model.eval()
+    correct = torch.zeros((), device=split.images.device)
+    for images, labels in iterate_batches(split, batch_size):
+        correct += (model(images).argmax(1) == labels).sum()
+    return float(correct) / max(len(split), 1)
+
+
+def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, train: Split, val: Split,
+        epochs: int, batch_size: int, seed: int, report: Report, start_epoch: int = 1,
+        val_metrics: Callable[[nn.Module], dict[str, float]] | None = None) -> None:
+    """Train for epochs start_epoch..epochs, calling report(epoch, metrics) after each.
+
+    metrics: train_loss, val_loss, epoch_seconds, and whatever val_metrics adds.
+    """
+    for epoch in range(start_epoch, epochs + 1):
+        started = time.perf_counter()
+        train_loss = train_epoch(model, loss_fn, optimizer, train, batch_size, epoch_generator(seed, epoch))
+        metrics = {"train_loss": train_loss, "val_loss": evaluate(model, loss_fn, val)}
+        if val_metrics is not None:
+            metrics.update(val_metrics(model))
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        report(epoch, metrics)

@@ -1,0 +1,80 @@
+"""The seed's convolutional autoencoder (section 1.1 of the study)."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class CAEConfig:
+    n_channels: int = 8  # width c of the first conv; the next two have 2c and 4c
+    encoded_space_dim: int = 14  # size of the latent code
+
+
+class Encoder(nn.Module):
+    """(B, 1, 28, 28) in [0, 1] -> (B, encoded_space_dim)."""
+
+    def __init__(self, config: CAEConfig = CAEConfig()):
+        super().__init__()
+        c = config.n_channels
+        self.config = config
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, c, 3, stride=2, padding=2),  # 28 -> 15
+            nn.ReLU(True),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),  # 15 -> 8
+            nn.ReLU(True),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=0),  # 8 -> 3
+            nn.ReLU(True),
+        )
+        self.fc = nn.Sequential(
+            nn.Linear(36 * c, 64),
+            nn.ReLU(True),
+            nn.Linear(64, config.encoded_space_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)  # (B, 1, 28, 28) -> (B, 4c, 3, 3)
+        x = x.flatten(1)  # (B, 4c, 3, 3) -> (B, 36c)
+        return self.fc(x)  # (B, 36c) -> (B, encoded_space_dim)
+
+
+class Decoder(nn.Module):
+    """(B, encoded_space_dim) -> (B, 1, 28, 28) in [0, 1]; the encoder's mirror."""
+
+    def __init__(self, config: CAEConfig = CAEConfig()):
+        super().__init__()
+        c = config.n_channels
+        self.config = config
+        self.fc = nn.Sequential(
+            nn.Linear(config.encoded_space_dim, 64),
+            nn.ReLU(True),
+            nn.Linear(64, 36 * c),
+            nn.ReLU(True),
+        )
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(4 * c, 2 * c, 3, stride=2, padding=0),  # 3 -> 7
+            nn.ReLU(True),
+            nn.ConvTranspose2d(2 * c, c, 3, stride=2, padding=1, output_padding=1),  # 7 -> 14
+            nn.ReLU(True),
+            nn.ConvTranspose2d(c, 1, 3, stride=2, padding=1, output_padding=1),  # 14 -> 28
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z)  # (B, d) -> (B, 36c)
+        x = x.unflatten(1, (4 * self.config.n_channels, 3, 3))  # (B, 36c) -> (B, 4c, 3, 3)
+        x = self.deconv(x)  # (B, 4c, 3, 3) -> (B, 1, 28, 28)
+        return torch.sigmoid(x)
+
+
+class CAE(nn.Module):
+    """Encoder then decoder: image in, reconstructed image out."""
+
+    def __init__(self, config: CAEConfig = CAEConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))

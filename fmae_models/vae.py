@@ -1,0 +1,98 @@
+"""The seed's variational autoencoder (section 1.2): the CAE's layout with BatchNorm,
+a Gaussian posterior and the reparameterisation trick."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fmae_models.cae import CAEConfig, Decoder
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    n_channels: int = 8  # width c of the first conv; the next two have 2c and 4c
+    encoded_space_dim: int = 14  # size of the latent code z
+
+
+class VariationalEncoder(nn.Module):
+    """(B, 1, 28, 28) -> mean and log-variance, each (B, encoded_space_dim)."""
+
+    def __init__(self, config: VAEConfig = VAEConfig()):
+        super().__init__()
+        c, d = config.n_channels, config.encoded_space_dim
+        self.config = config
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, c, 3, stride=2, padding=2),  # 28 -> 15
+            nn.BatchNorm2d(c),
+            nn.ReLU(True),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),  # 15 -> 8
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(True),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=0),  # 8 -> 3
+            nn.BatchNorm2d(4 * c),
+            nn.ReLU(True),
+        )
+        self.fc = nn.Sequential(nn.Linear(36 * c, 64), nn.ReLU(True))
+        self.mean = nn.Linear(64, d)
+        self.logvar = nn.Linear(64, d)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.conv(x).flatten(1)  # (B, 1, 28, 28) -> (B, 4c, 3, 3) -> (B, 36c)
+        h = self.fc(h)  # (B, 36c) -> (B, 64)
+        return self.mean(h), self.logvar(h)
+
+
+class VAE(nn.Module):
+    """Image -> (reconstruction, mean, log-variance); the decoder is the CAE's."""
+
+    def __init__(self, config: VAEConfig = VAEConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = VariationalEncoder(config)
+        self.decoder = Decoder(CAEConfig(config.n_channels, config.encoded_space_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder(x)
+        if self.training:
+            # z = mu + eps * sigma keeps sampling differentiable (Kingma & Welling, 2014).
+            z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        else:
+            z = mean
+        return self.decoder(z), mean, logvar
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode n draws from the prior N(0, I): (n, 1, 28, 28)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.encoded_space_dim, generator=generator).to(device)
+        return self.decoder(z)
+
+
+class VAEMeanEncoder(nn.Module):
+    """The VAE's encoder as a plain encoder: the posterior mean is the latent code."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.encoder = vae.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[0]
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) per image, summed over latent dims: (B,).
+
+    Closed form from Kingma & Welling, "Auto-Encoding Variational Bayes", appendix B.
+    """
+    return -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=1)
+
+
+def vae_loss(
+    recon: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
+    """Negative ELBO: squared error summed per image + beta * KL, averaged over the batch
+    (the beta-VAE weighting of Higgins et al., 2017)."""
+    recon_error = F.mse_loss(recon, x, reduction="none").flatten(1).sum(1)
+    return (recon_error + beta * kl_divergence(mean, logvar)).mean()

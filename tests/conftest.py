@@ -1,0 +1,27 @@
+"""Shared fixtures: real FashionMNIST in small slices, a tracking store under tmp_path, and a
+way to run entry points exactly as users do (`mlflow run . -e NAME --env-manager local`)."""
+
+import mlflow
+import pytest
+
+from experiments.data import load_fashion_mnist
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """2,000 real training images, the usual 10,000 validation and test images."""
+    return load_fashion_mnist(train_subset=2000, seed=0)
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh sqlite tracking store under tmp_path, for this process and its children."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)

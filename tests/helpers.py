@@ -1,0 +1,61 @@
+"""What the tests share besides fixtures: running steps as users do, reading MLflow back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this venv's
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    env.update(extra)
+    return env
+
+
+def mlflow_run(entry_point: str, params: dict, tmp_path: Path, experiment: str = "fmae-test",
+               check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it."""
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local",
+           "--experiment-name", experiment]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def fmae(args: list[str], tmp_path: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """The console command `fmae ...` (as `python -m experiments ...`, the same entry)."""
+    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=tmp_path,
+                          env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def runs_of(experiment: str = "fmae-test"):
+    """All runs of an experiment, oldest first."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r}"
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list", order_by=["attributes.start_time ASC"])
+    return runs
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+def assert_png(path: Path) -> None:
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert len(data) > 2000, f"{path} is suspiciously small"
+
+
+def images(n: int = 5) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28)

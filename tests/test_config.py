@@ -1,0 +1,50 @@
+"""One parser for the console command and MLproject: names, defaults, rejections."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from experiments.cli import STEPS, step_module
+from experiments.config import parse_config
+from experiments.errors import UserError
+from experiments.train_cae import Config
+from tests.helpers import ROOT, fmae
+
+
+def test_flags_parse_with_either_spelling():
+    config = parse_config(Config, ["--lr", "1e-3", "--encoded-space-dim", "9", "--optimizer=sgd"])
+    assert config.lr == 0.001 and config.encoded_space_dim == 9 and config.optimizer == "sgd"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--nope", "1"], "does not take"),
+    (["--epochs", "two"], "not a valid int"),
+    (["--optimizer", "lbfgs"], "is not one of"),
+    (["--lr", "-1"], "must be more than 0"),
+    (["--device", "tpu"], "is not one of"),
+])
+def test_bad_parameters_are_rejected_before_any_work(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_config(Config, argv)
+
+
+def test_bad_parameter_exits_2_without_traceback(tmp_path, tracking):
+    result = fmae(["train_cae", "--optimizer", "lbfgs"], tmp_path)
+    assert result.returncode == 2
+    assert "optimizer='lbfgs'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mlproject_matches_the_step_configs():
+    """MLproject parameters are the dataclass fields, with the same defaults."""
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    for name, entry in spec["entry_points"].items():
+        assert name in STEPS
+        fields = {f.name: f.default for f in dataclasses.fields(step_module(name).Config)}
+        params = entry["parameters"]
+        assert set(params) <= set(fields), f"{name}: {set(params) - set(fields)} unknown to the parser"
+        for key, param in params.items():
+            default = param["default"]
+            assert type(fields[key])(default) == fields[key] if not isinstance(fields[key], bool) \
+                else str(default).lower() == str(fields[key]).lower(), f"{name}.{key}"
+            assert f"--{key} {{{key}}}" in entry["command"]

@@ -1,0 +1,54 @@
+"""`train_cae` end to end, as users run it: through `mlflow run` on a small real subset."""
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from experiments.tracking import load_module
+from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train_cae")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    result = mlflow_run("train_cae", {"train_subset": 3000, "epochs": 3, "encoded_space_dim": 6, "lr": "3e-3"}, tmp)
+    (run,) = runs_of()
+    yield run, tmp, result
+    mp.undo()
+    mlflow.set_tracking_uri(None)
+
+
+def test_run_finished_with_params_and_one_metric_per_epoch(trained):
+    run, _, result = trained
+    assert run.info.status == "FINISHED"
+    assert run.data.params["encoded_space_dim"] == "6" and run.data.params["optimizer"] == "adam"
+    for key in ("train_loss", "val_loss"):
+        assert [step for step, _ in metric_history(run.info.run_id, key)] == [1, 2, 3]
+    val = [v for _, v in metric_history(run.info.run_id, "val_loss")]
+    assert val[2] < val[0], f"val_loss did not fall: {val}"
+    assert 0 < run.data.metrics["test_loss"] < 0.2
+    assert f"runs/{run.info.run_id}?workflowType=machine_learning" in result.stdout
+
+
+def test_logged_models_load_and_map_shapes(trained):
+    run, _, _ = trained
+    x = torch.rand(5, 1, 28, 28)
+    cae = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/cae")
+    encoder = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/encoder")
+    assert cae(x).shape == (5, 1, 28, 28)
+    assert encoder(x).shape == (5, 6)
+    module, kind, config = load_module(f"runs:/{run.info.run_id}/encoder")
+    assert kind == "encoder" and config["encoded_space_dim"] == 6
+    assert module.training is True or isinstance(module, torch.nn.Module)  # a real, trainable module
+    assert torch.allclose(module.eval()(x), encoder(x), atol=1e-5)
+
+
+def test_reconstructions_png(trained, tmp_path):
+    run, _, _ = trained
+    path = MlflowClient().download_artifacts(run.info.run_id, "reconstructions.png", str(tmp_path))
+    assert_png(path)
