@@ -133,6 +133,19 @@ def print_run_link(run_id: str) -> None:
     print(f"Run: {ui_link(run_id)}", flush=True)
 
 
+def log_figures(figures: dict, run_id: str | None = None) -> None:
+    """Log each matplotlib figure as a PNG artifact (to run_id, else the active run) and close it."""
+    import matplotlib.pyplot as plt
+
+    client = MlflowClient()
+    for name, figure in figures.items():
+        if run_id is None:
+            mlflow.log_figure(figure, name)
+        else:
+            client.log_figure(run_id, figure, name)
+        plt.close(figure)
+
+
 # --- models --------------------------------------------------------------------------------
 
 def example_images(n: int = 4) -> np.ndarray:

@@ -13,8 +13,9 @@ from experiments import plots
 from experiments.config import CommonConfig, check_choice, check_positive, config_params
 from experiments.data import FashionMNIST, Split, load_fashion_mnist
 from experiments.errors import UserError
-from experiments.tracking import log_module, start_step_run
-from experiments.training import OPTIMIZERS, evaluate, fit, make_optimizer, seed_everything
+from experiments.tracking import log_figures, log_module, start_step_run
+from experiments.training import (LR_SCHEDULES, OPTIMIZERS, evaluate, fit, make_optimizer, make_scheduler,
+                                  seed_everything)
 from fmae_models import CAE, CAEConfig
 
 
@@ -28,10 +29,12 @@ class Config(CommonConfig):
     momentum: float = 0.9  # used by sgd and rmsprop only
     batch_size: int = 256  # images per optimiser step
     epochs: int = 20  # passes over the training set
+    lr_schedule: str = "cosine"  # cosine anneals lr to 0 over the epochs; constant keeps it
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_positive(self, "n_channels", "encoded_space_dim", "lr", "batch_size", "epochs")
         check_positive(self, "weight_decay", "momentum", allow_zero=True)
         if self.momentum >= 1:
@@ -47,12 +50,12 @@ def reconstruction_loss(model: nn.Module, images: torch.Tensor, labels: torch.Te
     return F.mse_loss(model(images), images)
 
 
-def build_autoencoder(config: Config) -> tuple[CAE, torch.optim.Optimizer]:
-    """A freshly initialised CAE on config's device and its optimiser."""
+def build_autoencoder(config: Config):
+    """A freshly initialised CAE on config's device, its optimiser and lr schedule."""
     seed_everything(config.seed)
     model = CAE(config.model_config).to(config.torch_device)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum)
-    return model, optimizer
+    return model, optimizer, make_scheduler(config.lr_schedule, optimizer, config.epochs)
 
 
 def test_loss(model: CAE, data: FashionMNIST) -> float:
@@ -115,12 +118,12 @@ def run(config: Config) -> str:
     data = data.to(config.torch_device)
     with start_step_run("train_cae", config_params(config)) as active:
         mlflow.log_param("data_source", data.source)
-        model, optimizer = build_autoencoder(config)
+        model, optimizer, scheduler = build_autoencoder(config)
         fit(model, reconstruction_loss, optimizer, data.train, data.val, config.epochs, config.batch_size,
-            config.seed, report=log_epoch)
+            config.seed, report=log_epoch, scheduler=scheduler)
         loss = test_loss(model, data)
         mlflow.log_metric("test_loss", loss)
         print(f"test_loss {loss:.5f}")
-        mlflow.log_figure(reconstructions_figure(model, data.test), "reconstructions.png")
+        log_figures({"reconstructions.png": reconstructions_figure(model, data.test)})
         log_autoencoder(model)
         return active.info.run_id

@@ -18,6 +18,7 @@ from experiments.errors import UserError
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Report = Callable[[int, dict[str, float]], None]
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
 EVAL_BATCH = 2048  # no gradients kept, so evaluation can take larger batches
 
 
@@ -38,6 +39,16 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: 
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     raise UserError(f"optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}.")
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int):
+    """Per-epoch learning-rate schedule: cosine annealing lets the last epochs settle the
+    weights (Loshchilov & Hutter, SGDR, 2017); constant keeps lr throughout."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "constant":
+        return None
+    raise UserError(f"lr_schedule={name!r} is not one of {', '.join(LR_SCHEDULES)}.")
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -82,14 +93,18 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> fl
 
 def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, train: Split, val: Split,
         epochs: int, batch_size: int, seed: int, report: Report, start_epoch: int = 1,
-        val_metrics: Callable[[nn.Module], dict[str, float]] | None = None) -> None:
+        val_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
     """Train for epochs start_epoch..epochs, calling report(epoch, metrics) after each.
 
-    metrics: train_loss, val_loss, epoch_seconds, and whatever val_metrics adds.
+    metrics: train_loss, val_loss, epoch_seconds, and whatever val_metrics adds. A scheduler
+    steps once per epoch (resuming, pass one already stepped start_epoch - 1 times).
     """
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
         train_loss = train_epoch(model, loss_fn, optimizer, train, batch_size, epoch_generator(seed, epoch))
+        if scheduler is not None:
+            scheduler.step()
         metrics = {"train_loss": train_loss, "val_loss": evaluate(model, loss_fn, val)}
         if val_metrics is not None:
             metrics.update(val_metrics(model))

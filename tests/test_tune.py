@@ -1,0 +1,139 @@
+"""The search end to end through `mlflow run . -e tune`, and the searcher's honesty about pruning."""
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from ray import tune as ray_tune
+
+from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
+from tune.searcher import PruningAwareOptunaSearch
+from tune.space import SEED_BEST
+
+SEARCH = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "train_subset": 3000}
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    result = mlflow_run("tune", {**SEARCH, "storage_path": tmp / "ray"}, tmp)
+    runs = runs_of()
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    yield {"tmp": tmp, "parent": parents[0], "children": children, "runs": runs, "stdout": result.stdout}
+    mp.undo()
+    mlflow.set_tracking_uri(None)
+
+
+def test_one_parent_with_a_child_per_trial(search):
+    assert len(search["children"]) == 4
+    assert len(search["runs"]) == 5  # no stray runs: trial metrics never land in the parent
+    parent = search["parent"]
+    assert parent.info.status == "FINISHED"
+    assert "val_loss" not in parent.data.metrics
+
+
+def test_children_have_per_epoch_metrics_tags_and_honest_status(search):
+    for child in search["children"]:
+        tags = child.data.tags
+        assert tags["ray.trial_id"] and len(tags["ray.node_id"]) > 20
+        steps = [s for s, _ in metric_history(child.info.run_id, "val_loss")]
+        assert steps == list(range(1, len(steps) + 1)) and steps, steps
+        if child.info.status == "FINISHED":
+            assert steps[-1] == SEARCH["max_epochs"]
+        else:
+            assert child.info.status == "KILLED", child.info.status
+            assert tags.get("fmae.pruned") == "true" and steps[-1] < SEARCH["max_epochs"]
+    statuses = [c.info.status for c in search["children"]]
+    assert "RUNNING" not in statuses
+    assert statuses.count("FINISHED") >= 1 and statuses.count("KILLED") >= 1, statuses
+
+
+def test_first_trial_is_the_seed_configuration(search):
+    first = min(search["children"], key=lambda r: r.info.start_time)
+    assert {k: first.data.params[k] for k in SEED_BEST} == {k: str(v) for k, v in SEED_BEST.items()}
+
+
+def test_finished_trials_hold_their_encoder_and_plots(search, tmp_path):
+    client = MlflowClient()
+    for child in search["children"]:
+        if child.info.status != "FINISHED":
+            continue
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"reconstructions.png", "latent_pca.png", "samples.png"} <= names, names
+        for name in ("reconstructions.png", "latent_pca.png", "samples.png"):
+            assert_png(client.download_artifacts(child.info.run_id, name, str(tmp_path)))
+        encoder = mlflow.pytorch.load_model(f"runs:/{child.info.run_id}/encoder")
+        assert encoder(torch.rand(3, 1, 28, 28)).shape == (3, int(child.data.params["encoded_space_dim"]))
+
+
+def test_parent_holds_the_search_summary(search, tmp_path):
+    parent, client = search["parent"], MlflowClient()
+    assert 0 < parent.data.metrics["best_test_loss"] < 0.2
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(
+        min(min(v for _, v in metric_history(c.info.run_id, "val_loss")) for c in search["children"]))
+    for key in SEED_BEST:
+        assert f"best_{key}" in parent.data.params
+    for name in ("parallel_coordinates.png", "learning_curves.png", "param_importances.png", "reconstructions.png"):
+        assert_png(client.download_artifacts(parent.info.run_id, name, str(tmp_path)))
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "search_results.csv", str(tmp_path)))
+    assert len(table) == 4 and set(table["status"]) <= {"finished", "pruned", "failed"}
+
+
+def test_champion_is_registered_and_loads(search):
+    parent = search["parent"]
+    encoder = mlflow.pytorch.load_model("models:/fmae-cae-encoder@champion")
+    d = int(parent.data.params["best_encoded_space_dim"])
+    assert encoder(torch.rand(6, 1, 28, 28)).shape == (6, d)
+    version = MlflowClient().get_model_version_by_alias("fmae-cae-encoder", "champion")
+    assert version.tags["fmae.run_id"] == parent.info.run_id
+    assert float(version.tags["test_loss"]) == pytest.approx(parent.data.metrics["best_test_loss"])
+
+
+def test_pruned_trials_are_pruned_in_the_optuna_study(search):
+    study_uri = search["parent"].data.tags["fmae.optuna_study"]
+    (summary,) = optuna.get_all_study_summaries(study_uri)
+    study = optuna.load_study(study_name=summary.study_name, storage=study_uri)
+    states = {t.params["optimizer"] + str(t.params["lr"]): t.state.name for t in study.trials}
+    killed = [c for c in search["children"] if c.info.status == "KILLED"]
+    for child in killed:
+        key = child.data.params["optimizer"] + str(float(child.data.params["lr"]))
+        assert states[key] == "PRUNED"
+    assert sorted(states.values()).count("PRUNED") == len(killed)
+
+
+def test_second_search_registers_a_version_and_moves_the_alias_only_if_better(search):
+    """A 1-epoch search is worse than the first: version 2 is registered, champion stays 1."""
+    mlflow_run("tune", {"num_samples": 1, "max_epochs": 1, "grace_period": 1, "train_subset": 3000,
+                        "storage_path": search["tmp"] / "ray"}, search["tmp"])
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'fmae-cae-encoder'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    v1 = client.get_model_version("fmae-cae-encoder", "1")
+    v2 = client.get_model_version("fmae-cae-encoder", "2")
+    assert float(v2.tags["test_loss"]) > float(v1.tags["test_loss"])
+    assert client.get_model_version_by_alias("fmae-cae-encoder", "champion").version == "1"
+
+
+def test_searcher_tells_optuna_that_stopped_trials_were_pruned():
+    """Without Ray: a trial stopped at epoch 2 of 5 is PRUNED, one that ran 5 is COMPLETE."""
+    searcher = PruningAwareOptunaSearch(metric="val_loss", mode="min", seed=0, max_epochs=5,
+                                        space={"lr": ray_tune.loguniform(1e-4, 1e-2)})
+    for trial_id in ("stopped", "finished"):
+        searcher.suggest(trial_id)
+    for epoch in (1, 2):
+        searcher.on_trial_result("stopped", {"val_loss": 0.5 / epoch, "epoch": epoch, "training_iteration": epoch})
+    searcher.on_trial_complete("stopped", {"val_loss": 0.25, "epoch": 2, "training_iteration": 2})
+    for epoch in range(1, 6):
+        searcher.on_trial_result("finished", {"val_loss": 0.1 / epoch, "epoch": epoch, "training_iteration": epoch})
+    searcher.on_trial_complete("finished", {"val_loss": 0.02, "epoch": 5, "training_iteration": 5})
+    states = [t.state for t in searcher._ot_study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+    assert searcher._ot_study.trials[0].intermediate_values == {1: 0.5, 2: 0.25}

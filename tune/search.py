@@ -1,0 +1,220 @@
+"""Step `tune`: a Ray Tune search with OptunaSearch (TPE) and ASHA over the CAE, tracked as
+one MLflow parent run with a child run per trial; the best encoder goes to the registry."""
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from experiments import train_cae
+from experiments.config import CommonConfig, check_positive, config_params
+from experiments.data import load_fashion_mnist
+from experiments.errors import UserError
+from experiments.tracking import log_figures, register_model, start_step_run, tracking_uri
+from experiments.training import evaluate
+from fmae_models import CAE, CAEConfig
+from tune import figures
+from tune.searcher import PruningAwareOptunaSearch, optuna_storage
+from tune.space import SEED_BEST, search_space
+from tune.trainable import TrialSetup, load_checkpoint, train_trial
+from tune.tracking import ChildRunStatus, close_open_children
+
+HYPERPARAMETERS = list(SEED_BEST)
+REDUCTION_FACTOR = 2  # ASHA keeps the best half at each rung (grace, 2*grace, 4*grace, ...)
+STUDY_FILE = "optuna.db"
+
+
+@dataclass(frozen=True)
+class Config(CommonConfig):
+    num_samples: int = 20  # trials, the seed's first being the seed's best configuration
+    max_epochs: int = 20  # epochs of a trial the scheduler lets run to the end
+    grace_period: int = 3  # epochs every trial gets before ASHA may stop it
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's resources allow
+    cpus_per_trial: float = 1.0  # CPUs Ray reserves per trial
+    gpus_per_trial: float = 0.0  # GPUs per trial; fractions share one (0.25 = four per GPU)
+    ray_address: str = ""  # "" starts Ray here; "auto", "host:port" or "ray://host:10001" join a cluster
+    storage_path: str = ""  # Ray's results and checkpoints ("" = ~/ray_results); shared storage on a cluster
+    resume: bool = False  # continue the interrupted search kept under storage_path
+    register_as: str = "fmae-cae-encoder"  # registered model that receives the best encoder
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive(self, "num_samples", "max_epochs", "grace_period", "cpus_per_trial")
+        check_positive(self, "max_concurrent", "gpus_per_trial", allow_zero=True)
+        if self.grace_period > self.max_epochs:
+            raise UserError(f"grace_period={self.grace_period} exceeds max_epochs={self.max_epochs}; "
+                            "ASHA needs grace_period <= max_epochs.")
+        if not self.register_as:
+            raise UserError("register_as must name the registered model that receives the best encoder.")
+
+
+def storage_root(config: Config) -> str:
+    if not config.storage_path:
+        return str(Path("~/ray_results").expanduser())
+    if "://" in config.storage_path:  # s3://, gs://, ... : Ray's own business
+        return config.storage_path
+    return str(Path(config.storage_path).expanduser().resolve())
+
+
+def study_path(root: str, name: str) -> Path:
+    """The Optuna study beside Ray's results (on local or NFS storage), else in ~/ray_results."""
+    folder = Path(root) if "://" not in root else Path("~/ray_results").expanduser()
+    folder = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / STUDY_FILE
+
+
+def connect_ray(config: Config) -> bool:
+    """Join the cluster at ray_address, or start Ray here. Returns whether we started it."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=config.ray_address or None, include_dashboard=False, configure_logging=True,
+                 logging_level="warning")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"could not reach the Ray cluster at ray_address={config.ray_address!r} ({exc}). "
+                        "Start it with `ray start --head`, check the address, or leave ray_address empty "
+                        "to run Ray on this machine.") from None
+    return True
+
+
+def build_tuner(config: Config, trainable, name: str, storage: str, study: Path, callbacks) -> tune.Tuner:
+    searcher = PruningAwareOptunaSearch(
+        points_to_evaluate=[SEED_BEST],
+        seed=config.seed,
+        study_name=name,
+        storage=optuna_storage(str(study)),
+        max_epochs=config.max_epochs,
+    )
+    search_alg = ConcurrencyLimiter(searcher, config.max_concurrent) if config.max_concurrent else searcher
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=config.max_epochs, grace_period=config.grace_period,
+                              reduction_factor=REDUCTION_FACTOR)
+    resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+    return tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=search_space(),
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=config.num_samples),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
+                                                    checkpoint_score_order="min"),
+            failure_config=tune.FailureConfig(max_failures=2),
+            verbose=1,
+        ),
+    )
+
+
+def summarize_trials(results: tune.ResultGrid, max_epochs: int) -> tuple[pd.DataFrame, dict]:
+    """One row per trial for search_results.csv, and the val_loss curves of unstopped trials."""
+    rows, curves = [], {}
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or history.empty:
+            epochs, best, last, run_id = 0, float("nan"), float("nan"), None
+        else:
+            history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
+            epochs, best, last = int(history["epoch"].max()), history["val_loss"].min(), history["val_loss"].iloc[-1]
+            run_id = history["mlflow_run_id"].iloc[-1]
+        status = "failed" if result.error else ("finished" if epochs >= max_epochs else "pruned")
+        trial = (result.metrics or {}).get("trial_id", f"#{len(rows)}")
+        rows.append({"trial_id": trial, **result.config, "status": status, "pruned": status == "pruned",
+                     "epochs": epochs, "best_val_loss": best, "last_val_loss": last, "mlflow_run_id": run_id})
+        if status == "finished":
+            curves[trial] = history.set_index("epoch")["val_loss"]
+    return pd.DataFrame(rows), curves
+
+
+def param_importances(study_name: str, study: Path) -> tuple[dict, str]:
+    try:
+        loaded = optuna.load_study(study_name=study_name, storage=optuna_storage(str(study)))
+        return optuna.importance.get_param_importances(loaded), ""
+    except (RuntimeError, ValueError) as exc:
+        return {}, f"importances need more finished trials ({exc})"
+
+
+def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str, study: Path) -> dict:
+    """Everything the parent run holds after the search; returns the best trial's figures."""
+    table, curves = summarize_trials(results, config.max_epochs)
+    finished = table[table["status"] != "failed"]
+    if finished.empty:
+        raise UserError(f"all {len(table)} trials failed; the first error was: {results.errors[0]}. "
+                        "Run with FMAE_DEBUG=1 and look at the trial logs under storage_path.")
+    best = results.get_best_result(metric="val_loss", mode="min", scope="all")
+    state = load_checkpoint(best.get_best_checkpoint(metric="val_loss", mode="min"))
+    model = CAE(CAEConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    model = model.to(config.torch_device)
+    best_val = float(table["best_val_loss"].min())
+    best_test = evaluate(model, train_cae.reconstruction_loss, data.to(config.torch_device).test)
+
+    mlflow.log_params({f"best_{k}": best.config[k] for k in HYPERPARAMETERS})
+    mlflow.log_metrics({"best_val_loss": best_val, "best_test_loss": best_test,
+                        "trials_finished": int((table["status"] == "finished").sum()),
+                        "trials_pruned": int(table["pruned"].sum()),
+                        "trials_failed": int((table["status"] == "failed").sum())})
+    importances, note = param_importances(name, study)
+    log_figures({
+        "parallel_coordinates.png": figures.plot_parallel_coordinates(finished, HYPERPARAMETERS),
+        "learning_curves.png": figures.plot_learning_curves(curves, "val_loss of the trials that ran to the end"),
+        "param_importances.png": figures.plot_param_importances(importances, note),
+        "reconstructions.png": train_cae.reconstructions_figure(model, data.to(config.torch_device).test),
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp, "search_results.csv")
+        table.to_csv(csv, index=False)
+        mlflow.log_artifact(str(csv))
+
+    info = train_cae.log_autoencoder(model)
+    trial_run = best.metrics.get("mlflow_run_id", "")
+    register_model(info.model_uri, config.register_as, mlflow.active_run().info.run_id, ("test_loss", best_test),
+                   higher_is_better=False,
+                   tags={"val_loss": best_val, "fmae.trial_run_id": trial_run, **{k: best.config[k] for k in HYPERPARAMETERS}})
+    print(f"best trial: val_loss {best_val:.5f}  test_loss {best_test:.5f}  "
+          + "  ".join(f"{k}={best.config[k]}" for k in HYPERPARAMETERS))
+    print(f"trials: {len(table)} ({(table['status'] == 'finished').sum()} finished, {table['pruned'].sum()} stopped "
+          f"early, {(table['status'] == 'failed').sum()} failed); Optuna study: sqlite:///{study}")
+    return {"best_test_loss": best_test, "best_val_loss": best_val}
+
+
+def run(config: Config) -> str:
+    data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
+    with start_step_run("tune", config_params(config)) as parent:
+        started_ray = connect_ray(config)
+        try:
+            name = f"fmae-tune-{parent.info.run_id[:12]}"
+            storage = storage_root(config)
+            study = study_path(storage, name)
+            mlflow.set_tags({"fmae.ray_results": f"{storage}/{name}", "fmae.optuna_study": f"sqlite:///{study}"})
+            setup = TrialSetup(
+                base=train_cae.Config(data_dir=config.data_dir, train_subset=config.train_subset, seed=config.seed,
+                                      device=config.device, epochs=config.max_epochs),
+                tracking_uri=tracking_uri(),
+                experiment_id=parent.info.experiment_id,
+                parent_run_id=parent.info.run_id,
+                crash_at_epoch=int(os.environ.get("FMAE_TEST_CRASH_AT_EPOCH", "0")),
+            )
+            trainable = tune.with_parameters(train_trial, data=data, setup=setup)
+            status = ChildRunStatus(setup.tracking_uri, config.max_epochs)
+            tuner = build_tuner(config, trainable, name, storage, study, [status])
+            try:
+                results = tuner.fit()
+            finally:
+                close_open_children(MlflowClient(), parent.info.experiment_id, parent.info.run_id)
+            log_search_summary(results, config, data, name, study)
+        finally:
+            if started_ray:
+                ray.shutdown()
+        return parent.info.run_id

@@ -1,0 +1,26 @@
+"""What the search explores. Keys are train_cae's parameter names: nothing is translated."""
+
+from ray import tune
+
+# The seed study's best configuration, evaluated first so the search starts from it.
+SEED_BEST = {
+    "encoded_space_dim": 14,
+    "n_channels": 8,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 1e-5,
+    "momentum": 0.9,
+    "batch_size": 256,
+}
+
+
+def search_space() -> dict:
+    return {
+        "encoded_space_dim": tune.choice([4, 6, 8, 10, 12, 14, 16]),  # small codes, as in the seed
+        "n_channels": tune.choice([4, 8, 12, 16]),  # wider costs ~quadratically more compute
+        "optimizer": tune.choice(["adam", "sgd", "rmsprop"]),
+        "lr": tune.loguniform(1e-4, 1e-2),
+        "weight_decay": tune.loguniform(1e-6, 1e-3),
+        "momentum": tune.uniform(0.5, 0.99),  # read by sgd and rmsprop only
+        "batch_size": tune.choice([64, 128, 256, 512]),
+    }

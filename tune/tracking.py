@@ -1,0 +1,55 @@
+"""Driver-side MLflow bookkeeping for the trials' child runs: their final status."""
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray.tune import Callback
+
+PRUNED_TAG = "fmae.pruned"
+
+
+class ChildRunStatus(Callback):
+    """FINISHED for trials that ran max_epochs, KILLED (tag fmae.pruned=true) for trials the
+    scheduler stopped, FAILED for trials that broke. Trials tell us their run id in results."""
+
+    def __init__(self, tracking_uri: str, max_epochs: int):
+        self.client = MlflowClient(tracking_uri)
+        self.max_epochs = max_epochs
+        self.run_ids: dict[str, str] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.run_ids[trial.trial_id] = result["mlflow_run_id"]
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        if epochs >= self.max_epochs:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        else:
+            self.client.set_tag(run_id, PRUNED_TAG, "true")
+            self.client.set_tag(run_id, "fmae.stopped_at_epoch", str(epochs))
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is not None:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+    """After the search: no child is left RUNNING (a trial that died before reporting, or one
+    interrupted with the driver). Returns how many were closed."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    return len(runs)
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str):
+    return client.search_runs([experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+                              max_results=10_000)

@@ -1,0 +1,120 @@
+"""The trainable: a thin adapter from one Ray Tune trial to train_cae's training loop.
+
+Each trial writes to its own MLflow child run, created here (on whichever node runs the
+trial) through the client API with the parent's id — never through `mlflow.start_run()`,
+which would resume the parent inherited via MLFLOW_RUN_ID (ray#30649, mlflow#4781). The
+run's final status is set by the driver (tune/tracking.py), which alone knows whether the
+scheduler stopped the trial.
+"""
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import ray
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray import tune
+
+from experiments import train_cae
+from experiments.data import FashionMNIST
+from experiments.tracking import log_figures, log_module
+from experiments.training import fit
+
+CHECKPOINT_FILE = "trial.pt"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares, sent once through the object store with the data."""
+
+    base: train_cae.Config  # non-searched settings: epochs (= max_epochs), seed, device, ...
+    tracking_uri: str  # absolute, so trials in other folders or on other nodes write to it
+    experiment_id: str
+    parent_run_id: str
+    crash_at_epoch: int = 0  # tests only: the first attempt of trial 0 dies here (os._exit)
+
+
+def create_child_run(client: MlflowClient, setup: TrialSetup, config: dict) -> str:
+    context = tune.get_context()
+    run = client.create_run(
+        setup.experiment_id,
+        run_name=context.get_trial_name(),
+        tags={
+            MLFLOW_PARENT_RUN_ID: setup.parent_run_id,
+            MLFLOW_RUN_NAME: context.get_trial_name(),
+            "ray.trial_id": context.get_trial_id(),
+            "ray.node_id": ray.get_runtime_context().get_node_id(),
+            "fmae.step": "tune-trial",
+        },
+    )
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
+    return run.info.run_id
+
+
+def save_checkpoint(folder: str, model, optimizer, scheduler, epoch: int, run_id: str) -> tune.Checkpoint:
+    torch.save({
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": epoch,
+        "run_id": run_id,
+        "model_config": dataclasses.asdict(model.config),
+    }, Path(folder) / CHECKPOINT_FILE)
+    return tune.Checkpoint.from_directory(folder)
+
+
+def load_checkpoint(checkpoint: tune.Checkpoint) -> dict:
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def train_trial(config: dict, data: FashionMNIST, setup: TrialSetup) -> None:
+    """Train one CAE with the trial's hyperparameters, reporting and checkpointing every epoch."""
+    cae_config = dataclasses.replace(setup.base, **config)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    mlflow.set_tracking_uri(setup.tracking_uri)
+    mlflow.set_experiment(experiment_id=setup.experiment_id)  # logged models live in the run's experiment
+    client = MlflowClient(setup.tracking_uri)
+    data = data.to(cae_config.torch_device)
+    model, optimizer, scheduler = train_cae.build_autoencoder(cae_config)
+
+    checkpoint = tune.get_checkpoint()
+    first_attempt = checkpoint is None
+    if checkpoint:  # a retry after a crash, or a resumed search: continue where it stopped
+        state = load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        run_id, start_epoch = state["run_id"], state["epoch"] + 1
+    else:
+        run_id, start_epoch = create_child_run(client, setup, config), 1
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
+        if first_attempt and setup.crash_at_epoch == epoch and tune.get_context().get_trial_name().endswith("00000"):
+            os._exit(1)  # simulate a dying worker (tests of fault tolerance)
+        if epoch == cae_config.epochs:  # before the last report: the scheduler ends the trial there
+            log_trial_artifacts(run_id, model, data, cae_config.seed)
+        with tempfile.TemporaryDirectory() as folder:
+            tune.report({**metrics, "epoch": epoch, "mlflow_run_id": run_id},
+                        checkpoint=save_checkpoint(folder, model, optimizer, scheduler, epoch, run_id))
+
+    fit(model, train_cae.reconstruction_loss, optimizer, data.train, data.val, cae_config.epochs,
+        cae_config.batch_size, cae_config.seed, report=report, start_epoch=start_epoch, scheduler=scheduler)
+
+
+def log_trial_artifacts(run_id: str, model, data: FashionMNIST, seed: int) -> None:
+    """What a person browsing one finished trial wants: its encoder and a few cheap plots."""
+    figures = {"reconstructions.png": train_cae.reconstructions_figure(model, data.test),
+               **train_cae.latent_figures(model, data.test, seed)}
+    log_figures(figures, run_id=run_id)
+    log_module(model.encoder, "encoder", "encoder", dataclasses.asdict(model.config), run_id=run_id)
