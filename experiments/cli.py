@@ -30,7 +30,8 @@ def step_module(name: str):
 def run_step(name: str, argv: list[str]):
     """Parse argv for step name and run it; returns what the step returns."""
     module = step_module(name)
-    config = parse_config(module.Config, argv, prog=f"fmae {name}")
+    parse = getattr(module, "parse", None)  # main reads every step's parameters itself
+    config = parse(argv) if parse else parse_config(module.Config, argv, prog=f"fmae {name}")
     return module.run(config)
 
 

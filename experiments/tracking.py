@@ -84,14 +84,24 @@ def choose_experiment() -> None:
 
 
 @contextlib.contextmanager
-def start_step_run(step: str, params: dict[str, Any]) -> Iterator[Run]:
+def start_step_run(step: str, params: dict[str, Any], resume_run_id: str | None = None) -> Iterator[Run]:
     """The run a step writes to: the one `mlflow run` made, a child of an active run (the
-    `main` pipeline), or a new one. Ends FAILED on any error, KILLED on Ctrl-C."""
+    `main` pipeline), a new one, or (resume_run_id) an interrupted run to continue.
+    Ends FAILED on any error, KILLED on Ctrl-C."""
     check_tracking_server()
     nested = mlflow.active_run() is not None
-    if not nested:
-        choose_experiment()
-    active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step, nested=nested)
+    if resume_run_id:
+        launched = os.environ.pop("MLFLOW_RUN_ID", None)
+        if launched and launched != resume_run_id:  # `mlflow run` made a run we won't use
+            client = MlflowClient()
+            client.set_tag(launched, "fmae.resumed_run", resume_run_id)
+            client.set_terminated(launched, "FINISHED")
+            print(f"This run continues the interrupted run {resume_run_id}: {ui_link(resume_run_id)}")
+        active = mlflow.start_run(run_id=resume_run_id, nested=nested)
+    else:
+        if not nested:
+            choose_experiment()
+        active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step, nested=nested)
     try:
         mlflow.set_tag("fmae.step", step)
         log_new_params(params)

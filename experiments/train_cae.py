@@ -29,7 +29,7 @@ class Config(CommonConfig):
     momentum: float = 0.9  # used by sgd and rmsprop only
     batch_size: int = 256  # images per optimiser step
     epochs: int = 20  # passes over the training set
-    lr_schedule: str = "cosine"  # cosine anneals lr to 0 over the epochs; constant keeps it
+    lr_schedule: str = "constant"  # constant (the seed's), or cosine: anneal lr to 0 over the epochs
 
     def __post_init__(self):
         super().__post_init__()

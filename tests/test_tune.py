@@ -119,7 +119,7 @@ def test_second_search_registers_a_version_and_moves_the_alias_only_if_better(se
     v1 = client.get_model_version("fmae-cae-encoder", "1")
     v2 = client.get_model_version("fmae-cae-encoder", "2")
     assert float(v2.tags["test_loss"]) > float(v1.tags["test_loss"])
-    assert client.get_model_version_by_alias("fmae-cae-encoder", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("fmae-cae-encoder", "champion").version) == "1"
 
 
 def test_searcher_tells_optuna_that_stopped_trials_were_pruned():
