@@ -1,7 +1,7 @@
 """Step `tune`: a Ray Tune search with OptunaSearch (TPE) and ASHA over the CAE, tracked as
 one MLflow parent run with a child run per trial; the best encoder goes to the registry."""
 
-import dataclasses
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from tune.tracking import ChildRunStatus, close_open_children
 HYPERPARAMETERS = list(SEED_BEST)
 REDUCTION_FACTOR = 2  # ASHA keeps the best half at each rung (grace, 2*grace, 4*grace, ...)
 STUDY_FILE = "optuna.db"
+SEARCH_FILE = "fmae_search.json"  # which MLflow parent run a Ray experiment belongs to, for resume
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,30 @@ def storage_root(config: Config) -> str:
 
 def study_path(root: str, name: str) -> Path:
     """The Optuna study beside Ray's results (on local or NFS storage), else in ~/ray_results."""
-    folder = Path(root) if "://" not in root else Path("~/ray_results").expanduser()
-    folder = folder / name
+    folder = study_root(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder / STUDY_FILE
+
+
+def study_root(root: str) -> Path:
+    return Path(root) if "://" not in root else Path("~/ray_results").expanduser()
+
+
+def find_interrupted_search(root: str) -> dict:
+    """The newest search under root that did not finish, for resume=true."""
+    candidates = sorted(study_root(root).glob(f"fmae-tune-*/{SEARCH_FILE}"), key=lambda p: p.stat().st_mtime)
+    unfinished = [json.loads(p.read_text()) for p in candidates if not json.loads(p.read_text())["finished"]]
+    if not unfinished:
+        raise UserError(f"resume=true found no interrupted search under storage_path={root!r}. Pass the "
+                        "storage_path the search ran with, or start a new search with resume=false.")
+    return unfinished[-1]
+
+
+def write_search_file(folder: Path, **fields) -> None:
+    path = folder / SEARCH_FILE
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    meta.update(fields)
+    path.write_text(json.dumps(meta))
 
 
 def connect_ray(config: Config) -> bool:
@@ -89,6 +110,15 @@ def connect_ray(config: Config) -> bool:
 
 
 def build_tuner(config: Config, trainable, name: str, storage: str, study: Path, callbacks) -> tune.Tuner:
+    trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    path = f"{storage.rstrip('/')}/{name}"
+    if config.resume:
+        if not tune.Tuner.can_restore(path):
+            raise UserError(f"the search at {path} left no state to resume from. Start a new search.")
+        # Finished trials stay finished; interrupted ones continue from their last checkpoint;
+        # the searcher (and its Optuna study) and the callbacks come back from the saved state.
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=search_space())
     searcher = PruningAwareOptunaSearch(
         points_to_evaluate=[SEED_BEST],
         seed=config.seed,
@@ -99,9 +129,8 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
     search_alg = ConcurrencyLimiter(searcher, config.max_concurrent) if config.max_concurrent else searcher
     scheduler = ASHAScheduler(time_attr="epoch", max_t=config.max_epochs, grace_period=config.grace_period,
                               reduction_factor=REDUCTION_FACTOR)
-    resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
     return tune.Tuner(
-        tune.with_resources(trainable, resources),
+        trainable,
         param_space=search_space(),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler,
                                     num_samples=config.num_samples),
@@ -190,13 +219,15 @@ def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str
 
 
 def run(config: Config) -> str:
+    storage = storage_root(config)
+    interrupted = find_interrupted_search(storage) if config.resume else None
     data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
-    with start_step_run("tune", config_params(config)) as parent:
+    with start_step_run("tune", config_params(config), interrupted and interrupted["parent_run_id"]) as parent:
         started_ray = connect_ray(config)
         try:
-            name = f"fmae-tune-{parent.info.run_id[:12]}"
-            storage = storage_root(config)
+            name = interrupted["name"] if interrupted else f"fmae-tune-{parent.info.run_id[:12]}"
             study = study_path(storage, name)
+            write_search_file(study.parent, name=name, parent_run_id=parent.info.run_id, finished=False)
             mlflow.set_tags({"fmae.ray_results": f"{storage}/{name}", "fmae.optuna_study": f"sqlite:///{study}"})
             setup = TrialSetup(
                 base=train_cae.Config(data_dir=config.data_dir, train_subset=config.train_subset, seed=config.seed,
@@ -205,6 +236,7 @@ def run(config: Config) -> str:
                 experiment_id=parent.info.experiment_id,
                 parent_run_id=parent.info.run_id,
                 crash_at_epoch=int(os.environ.get("FMAE_TEST_CRASH_AT_EPOCH", "0")),
+                crash_marker=str(study.parent / "crashed-once"),
             )
             trainable = tune.with_parameters(train_trial, data=data, setup=setup)
             status = ChildRunStatus(setup.tracking_uri, config.max_epochs)
@@ -214,6 +246,7 @@ def run(config: Config) -> str:
             finally:
                 close_open_children(MlflowClient(), parent.info.experiment_id, parent.info.run_id)
             log_search_summary(results, config, data, name, study)
+            write_search_file(study.parent, finished=True)
         finally:
             if started_ray:
                 ray.shutdown()

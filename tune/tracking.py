@@ -13,9 +13,13 @@ class ChildRunStatus(Callback):
     scheduler stopped, FAILED for trials that broke. Trials tell us their run id in results."""
 
     def __init__(self, tracking_uri: str, max_epochs: int):
-        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
         self.max_epochs = max_epochs
         self.run_ids: dict[str, str] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.run_ids[trial.trial_id] = result["mlflow_run_id"]

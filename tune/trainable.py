@@ -38,11 +38,22 @@ class TrialSetup:
     tracking_uri: str  # absolute, so trials in other folders or on other nodes write to it
     experiment_id: str
     parent_run_id: str
-    crash_at_epoch: int = 0  # tests only: the first attempt of trial 0 dies here (os._exit)
+    crash_at_epoch: int = 0  # tests only: one trial's worker dies (os._exit) at this epoch, once
+    crash_marker: str = ""  # tests only: the file whose creation claims that one crash
 
 
-def create_child_run(client: MlflowClient, setup: TrialSetup, config: dict) -> str:
+def child_run_for_trial(client: MlflowClient, setup: TrialSetup, config: dict) -> str:
+    """The trial's child run: the one an earlier attempt made (a retry, a resumed search), else a new one."""
     context = tune.get_context()
+    earlier = client.search_runs(
+        [setup.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{setup.parent_run_id}' "
+                      f"and tags.`ray.trial_id` = '{context.get_trial_id()}'",
+    )
+    if earlier:
+        client.update_run(earlier[0].info.run_id, status="RUNNING")
+        client.set_tag(earlier[0].info.run_id, "ray.node_id", ray.get_runtime_context().get_node_id())
+        return earlier[0].info.run_id
     run = client.create_run(
         setup.experiment_id,
         run_name=context.get_trial_name(),
@@ -56,6 +67,17 @@ def create_child_run(client: MlflowClient, setup: TrialSetup, config: dict) -> s
     )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
     return run.info.run_id
+
+
+def claim_crash(marker: str) -> bool:
+    """True for exactly one caller across the search: the first to create the marker file."""
+    if not marker:
+        return False
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def save_checkpoint(folder: str, model, optimizer, scheduler, epoch: int, run_id: str) -> tune.Checkpoint:
@@ -86,21 +108,24 @@ def train_trial(config: dict, data: FashionMNIST, setup: TrialSetup) -> None:
     model, optimizer, scheduler = train_cae.build_autoencoder(cae_config)
 
     checkpoint = tune.get_checkpoint()
-    first_attempt = checkpoint is None
+    start_epoch = 1
     if checkpoint:  # a retry after a crash, or a resumed search: continue where it stopped
         state = load_checkpoint(checkpoint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        run_id, start_epoch = state["run_id"], state["epoch"] + 1
-    else:
-        run_id, start_epoch = create_child_run(client, setup, config), 1
+        start_epoch = state["epoch"] + 1
+    run_id = child_run_for_trial(client, setup, config)
+    # An attempt that died between logging an epoch and checkpointing it logged that epoch
+    # already; the retry recomputes it from the same state and logs each epoch only once.
+    logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
-        if first_attempt and setup.crash_at_epoch == epoch and tune.get_context().get_trial_name().endswith("00000"):
+        if epoch not in logged:
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
+        if epoch == setup.crash_at_epoch and claim_crash(setup.crash_marker):
             os._exit(1)  # simulate a dying worker (tests of fault tolerance)
         if epoch == cae_config.epochs:  # before the last report: the scheduler ends the trial there
             log_trial_artifacts(run_id, model, data, cae_config.seed)

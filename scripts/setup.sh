@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets fmae up on a Debian/Ubuntu machine: the FashionMNIST data package and a Python
+# virtual environment in .venv with the project installed (console command `fmae`).
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data=/usr/share/datasets/fashion-mnist
+if [ -z "${FMAE_DATA_DIR:-}" ] && [ ! -f "$data/t10k-labels-idx1-ubyte.gz" ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "Installing the Debian package dataset-fashion-mnist (FashionMNIST into $data) ..."
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q dataset-fashion-mnist
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+echo "Installing fmae and its pinned dependencies into .venv (a few minutes the first time) ..."
+# pip's warnings about this machine's local package mirrors are noise; errors still fail the script.
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+.venv/bin/fmae --help >/dev/null
+echo "fmae is set up: . .venv/bin/activate"

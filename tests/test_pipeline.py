@@ -1,0 +1,42 @@
+"""`main`: the whole study as one parent run, through `mlflow run . -e main`."""
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from experiments.errors import UserError
+from experiments.pipeline import parse
+from tests.helpers import fmae, mlflow_run, runs_of
+
+TINY = {"train_subset": 2000, "num_samples": 2, "max_epochs": 2, "grace_period": 1, "epochs": 1, "n_points": 300}
+
+
+def test_main_runs_the_steps_in_order_as_children(tmp_path, tracking):
+    mlflow_run("main", {**TINY, "storage_path": tmp_path / "ray"}, tmp_path)
+    runs = runs_of()
+    (parent,) = [r for r in runs if r.data.tags.get("fmae.step") == "main"]
+    assert parent.info.status == "FINISHED"
+    steps = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert [r.data.tags["fmae.step"] for r in sorted(steps, key=lambda r: r.info.start_time)] == \
+        ["tune", "finetune", "vae", "analyze"]
+    by_step = {r.data.tags["fmae.step"]: r for r in steps}
+    assert by_step["finetune"].data.params["model_uri"] == "models:/fmae-cae-encoder/1"  # this run's search
+    assert by_step["finetune"].data.params["epochs"] == "1"  # a step parameter given to main reaches the steps
+    client = MlflowClient()
+    page = open(client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path))).read()
+    for step, run in by_step.items():
+        assert f"<h2>{step}</h2>" in page and run.info.run_id in page
+    assert "data:image/png;base64," in page
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+
+
+def test_main_rejects_a_parameter_no_step_takes():
+    with pytest.raises(UserError, match="no step has that parameter"):
+        parse(["--nonsense", "1"])
+    with pytest.raises(UserError, match="not a valid int"):
+        parse(["--num_samples", "many"])
+
+
+def test_main_bad_profile_exits_2(tmp_path, tracking):
+    result = fmae(["main", "--profile", "huge"], tmp_path)
+    assert result.returncode == 2 and "profile='huge'" in result.stderr
