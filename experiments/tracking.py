@@ -182,6 +182,8 @@ def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], r
             signature=infer_signature(x, outputs.numpy()),
             extra_files=[str(recipe), str(weights)],
             serialization_format="pt2",
+            # Stated rather than inferred: inference reloads the model in a subprocess (seconds per model).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             run_id=run_id,
         )
 

@@ -100,7 +100,9 @@ def connect_ray(config: Config) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=config.ray_address or None, include_dashboard=False, configure_logging=True,
+        # "local" starts a fresh Ray here even when a `ray start` cluster runs on this machine
+        # (a bare ray.init() would silently join it).
+        ray.init(address=config.ray_address or "local", include_dashboard=False, configure_logging=True,
                  logging_level="warning")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"could not reach the Ray cluster at ray_address={config.ray_address!r} ({exc}). "
@@ -159,7 +161,7 @@ def summarize_trials(results: tune.ResultGrid, max_epochs: int) -> tuple[pd.Data
             run_id = history["mlflow_run_id"].iloc[-1]
         status = "failed" if result.error else ("finished" if epochs >= max_epochs else "pruned")
         trial = (result.metrics or {}).get("trial_id", f"#{len(rows)}")
-        rows.append({"trial_id": trial, **result.config, "status": status, "pruned": status == "pruned",
+        rows.append({"trial_id": trial, **(result.config or {}), "status": status, "pruned": status == "pruned",
                      "epochs": epochs, "best_val_loss": best, "last_val_loss": last, "mlflow_run_id": run_id})
         if status == "finished":
             curves[trial] = history.set_index("epoch")["val_loss"]
