@@ -8,6 +8,7 @@ scheduler stopped the trial.
 """
 
 import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -100,6 +101,7 @@ def load_checkpoint(checkpoint: tune.Checkpoint) -> dict:
 def train_trial(config: dict, data: FashionMNIST, setup: TrialSetup) -> None:
     """Train one CAE with the trial's hyperparameters, reporting and checkpointing every epoch."""
     cae_config = dataclasses.replace(setup.base, **config)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     mlflow.set_tracking_uri(setup.tracking_uri)
     mlflow.set_experiment(experiment_id=setup.experiment_id)  # logged models live in the run's experiment
