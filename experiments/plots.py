@@ -73,3 +73,20 @@ def plot_confusion_matrix(matrix: np.ndarray, title: str = "Confusion matrix (te
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def plot_interpolations(strips: torch.Tensor, row_labels: list[str], title: str) -> plt.Figure:
+    """Rows of decoded images (P, S, 1, 28, 28), each walking a straight line in latent space
+    from one test image's code (left) to another's (right)."""
+    n_rows, n_steps = strips.shape[:2]
+    fig, axes = plt.subplots(n_rows, n_steps, figsize=(1.0 * n_steps + 1.2, 1.05 * n_rows + 0.5), squeeze=False)
+    for r in range(n_rows):
+        for s in range(n_steps):
+            ax = axes[r, s]
+            ax.imshow(strips[r, s, 0].detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

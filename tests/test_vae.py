@@ -1,0 +1,74 @@
+"""`vae` end to end, as users run it: through `mlflow run` on a small real subset."""
+
+import math
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from experiments.config import parse_config
+from experiments.errors import UserError
+from experiments.tracking import load_module
+from experiments.vae import Config
+from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
+
+DIM = 6
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vae")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow_run("vae", {"train_subset": 2000, "epochs": 3, "batch_size": 64,
+                       "encoded_space_dim": DIM, "lr": "3e-3"}, tmp)
+    (run,) = runs_of()
+    yield run, tmp
+    mp.undo()
+    mlflow.set_tracking_uri(None)
+
+
+def test_run_finished_with_losses_per_epoch_and_test_figures(trained):
+    run, _ = trained
+    assert run.info.status == "FINISHED"
+    assert run.data.params["beta"] == "1.0" and run.data.params["encoded_space_dim"] == str(DIM)
+    for key in ("train_loss", "val_loss"):
+        assert [step for step, _ in metric_history(run.info.run_id, key)] == [1, 2, 3]
+    val = [v for _, v in metric_history(run.info.run_id, "val_loss")]
+    assert val[2] < val[0], f"val_loss did not fall: {val}"
+    mse, kl = run.data.metrics["test_recon_mse"], run.data.metrics["test_kl"]
+    assert math.isfinite(mse) and 0 < mse < 0.2
+    assert math.isfinite(kl) and kl >= 0
+    # val_loss is summed per image (nats); the per-pixel MSE is what compares with the CAE.
+    assert val[-1] > 784 * mse
+
+
+def test_pngs(trained, tmp_path):
+    run, _ = trained
+    for name in ("reconstructions.png", "samples.png"):
+        assert_png(MlflowClient().download_artifacts(run.info.run_id, name, str(tmp_path)))
+
+
+def test_registered_champion_loads_as_mlflow_and_as_module(trained):
+    run, _ = trained
+    version = MlflowClient().get_model_version_by_alias("fmae-vae", "champion")
+    assert version.tags["fmae.run_id"] == run.info.run_id
+    x = torch.rand(5, 1, 28, 28)
+    recon, mean, logvar = mlflow.pytorch.load_model("models:/fmae-vae@champion")(x)
+    assert recon.shape == x.shape and mean.shape == logvar.shape == (5, DIM)
+    assert 0 <= recon.min() and recon.max() <= 1
+    module, kind, _ = load_module("models:/fmae-vae@champion")
+    assert kind == "vae"
+    assert torch.allclose(module.eval()(x)[0], recon, atol=1e-5)
+    encoder = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/encoder")
+    assert torch.allclose(encoder(x), mean, atol=1e-5)  # the encoder's code is the posterior mean
+
+
+def test_bad_parameters_are_rejected_before_any_work():
+    with pytest.raises(UserError, match="beta=-1.0 must be 0 or more"):
+        parse_config(Config, ["--beta", "-1"])
+    with pytest.raises(UserError, match="register_as"):
+        parse_config(Config, ["--register_as", ""])
