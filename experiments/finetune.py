@@ -1,0 +1,164 @@
+"""Step `finetune`: the seed's classifier (section 1.4), a logged encoder plus a small head.
+
+Three modes, comparable in one MLflow view (same metrics, tag `fmae.mode`):
+frozen (the seed's fine-tuning: only the head learns), full (the encoder learns too, more
+slowly) and scratch (the same encoder architecture from random weights: the supervised
+baseline the seed compared against).
+"""
+
+import re
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from experiments import plots
+from experiments.config import CommonConfig, check_choice, check_positive, config_params
+from experiments.data import CLASS_NAMES, Split, load_fashion_mnist
+from experiments.tracking import (build_module, check_tracking_server, load_module, log_figures, log_module,
+                                  model_lineage, register_model, start_step_run)
+from experiments.train_cae import encode, log_epoch
+from experiments.training import EVAL_BATCH, accuracy, fit, make_optimizer, make_scheduler, seed_everything
+from fmae_models import Classifier
+
+MODES = ("frozen", "full", "scratch")
+ENCODER_LR_FACTOR = 0.1  # mode=full: the pretrained encoder moves at lr/10 so the head cannot wreck it early
+
+
+@dataclass(frozen=True)
+class Config(CommonConfig):
+    model_uri: str = "models:/fmae-cae-encoder@champion"  # the encoder to build on (any MLflow model URI)
+    mode: str = "frozen"  # frozen: head only; full: encoder too, at lr/10; scratch: random encoder (baseline)
+    epochs: int = 10  # passes over the training set
+    lr: float = 0.001  # Adam's peak learning rate (the head's; all weights' in scratch), cosine-annealed to 0
+    batch_size: int = 256  # images (or, frozen, feature vectors) per optimiser step
+    register_as: str = "fmae-classifier"  # registered model name; its alias champion = best test_accuracy
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("mode", self.mode, MODES)
+        check_positive(self, "epochs", "lr", "batch_size")
+
+
+def nll_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of log-probabilities, the seed's loss."""
+    return F.nll_loss(model(inputs), labels)
+
+
+def build_classifier(config: Config) -> tuple[Classifier, dict]:
+    """The seed's classifier around model_uri's encoder: its weights, or (scratch) its shape only."""
+    encoder, _, encoder_config = load_module(config.model_uri, kinds=("encoder",))
+    seed_everything(config.seed)  # the head's (and, scratch, the encoder's) initialisation
+    if config.mode == "scratch":
+        encoder = build_module("encoder", encoder_config)
+    model = Classifier(encoder, encoder_config["encoded_space_dim"])
+    if config.mode == "frozen":
+        model.freeze_encoder()
+    return model.to(config.torch_device), encoder_config
+
+
+def make_classifier_optimizer(model: Classifier, config: Config) -> torch.optim.Optimizer:
+    if config.mode == "frozen":
+        return make_optimizer("adam", model.head.parameters(), config.lr, 0.0, 0.0)
+    encoder_lr = config.lr * (ENCODER_LR_FACTOR if config.mode == "full" else 1.0)
+    groups = [{"params": model.encoder.parameters(), "lr": encoder_lr}, {"params": model.head.parameters()}]
+    return make_optimizer("adam", groups, config.lr, 0.0, 0.0)
+
+
+def encode_split(encoder: nn.Module, split: Split) -> Split:
+    """The encoder's features of split, computed once, on split's device."""
+    return Split(torch.from_numpy(encode(encoder, split)).to(split.images.device), split.labels)
+
+
+def standardize(split: Split, mean: torch.Tensor, std: torch.Tensor) -> Split:
+    return Split((split.images - mean) / std, split.labels)
+
+
+@torch.no_grad()
+def fold_standardization(linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make linear(f) equal the trained linear((f - mean) / std): the logged head takes raw codes."""
+    linear.bias -= linear.weight @ (mean / std)
+    linear.weight /= std  # (64, d) / (d,): column j scaled by 1 / std_j
+
+
+@torch.no_grad()
+def standardize_output(linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Rescale linear so that outputs with this mean and std come out with mean 0 and std 1."""
+    linear.bias.sub_(mean).div_(std)
+    linear.weight.div_(std[:, None])  # (d, 64) / (d, 1): row j scaled by 1 / std_j
+
+
+def train(model: Classifier, config: Config, train_split: Split, val: Split, report) -> None:
+    """Fit the classifier, with the head seeing standardised codes (a CAE's spread ~20 each,
+    far from what a freshly initialised head expects; small runs otherwise stall at chance).
+
+    frozen: only the head learns, on codes encoded once up front; the standardisation is then
+    folded into the head, so the encoder stays bit-identical. full: the standardisation is
+    folded into the encoder's last layer before training, which then moves on at lr/10.
+    """
+    learner = model
+    if config.mode in ("frozen", "full"):
+        codes = encode_split(model.encoder, train_split)
+        mean, std = codes.images.mean(0), codes.images.std(0).clamp_min(1e-6)
+    if config.mode == "frozen":
+        train_split = standardize(codes, mean, std)
+        val = standardize(encode_split(model.encoder, val), mean, std)
+        learner = model.head
+    elif config.mode == "full":
+        standardize_output(model.encoder.fc[-1], mean, std)
+    optimizer = make_classifier_optimizer(model, config)
+    scheduler = make_scheduler("cosine", optimizer, config.epochs)
+    fit(learner, nll_loss, optimizer, train_split, val, config.epochs, config.batch_size, config.seed, report,
+        val_metrics=lambda m: {"val_accuracy": accuracy(m, val)}, scheduler=scheduler)
+    if config.mode == "frozen":
+        fold_standardization(model.head[0], mean, std)
+
+
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, split: Split) -> np.ndarray:
+    """Counts (10, 10): true class as row, predicted as column."""
+    model.eval()
+    predicted = torch.cat([model(split.images[i : i + EVAL_BATCH]).argmax(1) for i in range(0, len(split), EVAL_BATCH)])
+    pairs = split.labels.cpu() * len(CLASS_NAMES) + predicted.cpu()
+    return np.bincount(pairs.numpy(), minlength=len(CLASS_NAMES) ** 2).reshape(len(CLASS_NAMES), -1)
+
+
+def class_slug(name: str) -> str:
+    """'T-shirt/top' -> 't_shirt_top': a metric-name-safe class name."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def test_metrics(matrix: np.ndarray) -> dict[str, float]:
+    """test_accuracy and test_accuracy_<class> (recall of each class)."""
+    metrics = {"test_accuracy": float(np.trace(matrix) / matrix.sum())}
+    per_class = np.diag(matrix) / np.maximum(matrix.sum(1), 1)
+    metrics.update({f"test_accuracy_{class_slug(name)}": float(a) for name, a in zip(CLASS_NAMES, per_class)})
+    return metrics
+
+
+def run(config: Config) -> str:
+    check_tracking_server()  # before load_module, which would otherwise retry a dead server for minutes
+    model, encoder_config = build_classifier(config)  # a bad model_uri fails here, before any run starts
+    data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
+    data = data.to(config.torch_device)
+    with start_step_run("finetune", config_params(config)) as active:
+        lineage = model_lineage(config.model_uri)
+        tags = {**lineage, "fmae.mode": config.mode,
+                "fmae.encoder_init": "random" if config.mode == "scratch" else "pretrained"}
+        mlflow.set_tags(tags)
+        mlflow.log_params({"data_source": data.source, **{f"encoder_{k}": v for k, v in encoder_config.items()}})
+        print(f"finetune mode={config.mode} on {config.model_uri} ({lineage.get('fmae.source_model', 'unregistered')})")
+        train(model, config, data.train, data.val, report=log_epoch)
+        matrix = confusion_matrix(model, data.test)
+        metrics = test_metrics(matrix)
+        mlflow.log_metrics(metrics)
+        print(f"test_accuracy {metrics['test_accuracy']:.4f}")
+        title = f"Confusion matrix (test set), mode={config.mode}, accuracy {metrics['test_accuracy']:.3f}"
+        log_figures({"confusion_matrix.png": plots.plot_confusion_matrix(matrix, title)})
+        info = log_module(model, "classifier", "classifier", encoder_config)
+        register_model(info.model_uri, config.register_as, active.info.run_id,
+                       ("test_accuracy", metrics["test_accuracy"]), higher_is_better=True, tags=tags)
+        return active.info.run_id

@@ -1,0 +1,123 @@
+"""`finetune` end to end, as users run it: an encoder from a quick `train_cae`, then the three
+modes through `mlflow run` on a small real subset, into one tracking store."""
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from experiments.data import CLASS_NAMES
+from experiments.finetune import class_slug
+from experiments.tracking import load_module
+from tests.helpers import assert_png, fmae, metric_history, mlflow_run, runs_of
+
+SUBSET = {"train_subset": 2500}
+EPOCHS = 3
+REGISTER_AS = "clf-test"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tracking store holding a 2-epoch encoder and one finetune run per mode."""
+    tmp = tmp_path_factory.mktemp("finetune")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow_run("train_cae", {**SUBSET, "epochs": 2, "encoded_space_dim": 8, "lr": "3e-3"}, tmp, experiment="cae")
+    (cae_run,) = runs_of("cae")
+    encoder_uri = f"runs:/{cae_run.info.run_id}/encoder"
+    runs = {}
+    for mode, lr in (("frozen", "0.01"), ("full", "0.003"), ("scratch", "0.003")):
+        result = mlflow_run("finetune", {**SUBSET, "model_uri": encoder_uri, "mode": mode, "epochs": EPOCHS,
+                                         "lr": lr, "register_as": REGISTER_AS}, tmp)
+        runs[mode] = (runs_of()[-1], result)
+    yield {"tmp": tmp, "encoder_uri": encoder_uri, "runs": runs}
+    mp.undo()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "full", "scratch"])
+def test_each_mode_logs_per_epoch_metrics_and_a_test_accuracy(store, mode):
+    run, result = store["runs"][mode]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["fmae.mode"] == mode and run.data.params["mode"] == mode
+    for key in ("train_loss", "val_accuracy"):
+        assert [step for step, _ in metric_history(run.info.run_id, key)] == list(range(1, EPOCHS + 1))
+    losses = [v for _, v in metric_history(run.info.run_id, "train_loss")]
+    assert losses[-1] < losses[0], f"{mode}: train_loss did not fall: {losses}"
+    accuracy = run.data.metrics["test_accuracy"]
+    assert 0.3 < accuracy <= 1, f"{mode}: test_accuracy {accuracy} is hardly above chance (0.1)"
+    per_class = [run.data.metrics[f"test_accuracy_{class_slug(name)}"] for name in CLASS_NAMES]
+    assert all(0 <= a <= 1 for a in per_class)
+    assert np.mean(per_class) == pytest.approx(accuracy, abs=0.05)  # the test set is balanced
+    assert "epoch   3" in result.stdout and f"runs/{run.info.run_id}?workflowType=machine_learning" in result.stdout
+
+
+def test_runs_carry_the_encoders_lineage(store):
+    cae_run_id = store["encoder_uri"].split("/")[1]
+    for mode, (run, _) in store["runs"].items():
+        assert run.data.tags["fmae.source_run_id"] == cae_run_id
+        assert run.data.tags["fmae.source_model_uri"] == store["encoder_uri"]
+        assert run.data.tags["fmae.encoder_init"] == ("random" if mode == "scratch" else "pretrained")
+    versions = MlflowClient().search_model_versions(f"name='{REGISTER_AS}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    assert {v.tags["fmae.mode"] for v in versions} == {"frozen", "full", "scratch"}
+    assert all(v.tags["fmae.source_run_id"] == cae_run_id for v in versions)
+
+
+def test_confusion_matrix_png(store, tmp_path):
+    run, _ = store["runs"]["full"]
+    assert_png(MlflowClient().download_artifacts(run.info.run_id, "confusion_matrix.png", str(tmp_path)))
+
+
+def test_registered_champion_maps_images_to_log_probabilities(store):
+    champion = MlflowClient().get_model_version_by_alias(REGISTER_AS, "champion")
+    best = max(store["runs"].values(), key=lambda r: r[0].data.metrics["test_accuracy"])[0]
+    assert champion.run_id == best.info.run_id  # the champion rule: highest test_accuracy
+    model = mlflow.pytorch.load_model(f"models:/{REGISTER_AS}@champion")
+    log_probs = model(torch.rand(7, 1, 28, 28))
+    assert log_probs.shape == (7, 10)
+    assert torch.allclose(log_probs.exp().sum(1), torch.ones(7), atol=1e-4)
+
+
+def test_frozen_mode_leaves_the_encoder_bit_identical(store):
+    source, _, _ = load_module(store["encoder_uri"], kinds=("encoder",))
+    frozen_run, _ = store["runs"]["frozen"]
+    classifier, kind, _ = load_module(f"runs:/{frozen_run.info.run_id}/classifier")
+    assert kind == "classifier"
+    before, after = source.state_dict(), classifier.encoder.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    full_run, _ = store["runs"]["full"]
+    tuned, _, _ = load_module(f"runs:/{full_run.info.run_id}/classifier")
+    assert not all(torch.equal(before[k], tuned.encoder.state_dict()[k]) for k in before), "full mode never moved the encoder"
+
+
+def test_a_model_uri_naming_nothing_exits_2_without_traceback_or_running_run(tmp_path, tracking):
+    missing = "models:/no-such-encoder@champion"
+    result = fmae(["finetune", "--model_uri", missing, "--train_subset", "100"], tmp_path)
+    assert result.returncode == 2
+    assert f"model_uri={missing!r} names no model" in result.stderr
+    assert "Traceback" not in result.stderr
+    # through `mlflow run`, which opens the run before the step starts: it must not stay RUNNING
+    result = mlflow_run("finetune", {"model_uri": missing, "train_subset": 100}, tmp_path, check=False)
+    assert result.returncode != 0 and f"model_uri={missing!r} names no model" in result.stderr
+    (run,) = runs_of()
+    assert run.info.status == "FAILED"
+
+
+def test_a_model_uri_that_is_not_an_encoder_is_rejected(store, tmp_path):
+    cae_uri = store["encoder_uri"].replace("/encoder", "/cae")
+    result = fmae(["finetune", "--model_uri", cae_uri, "--train_subset", "100"], tmp_path,
+                  MLFLOW_TRACKING_URI=f"sqlite:///{store['tmp'] / 'mlflow.db'}")
+    assert result.returncode == 2 and "is a cae; this step needs a encoder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_mode_is_rejected(tmp_path, tracking):
+    result = fmae(["finetune", "--mode", "partial"], tmp_path)
+    assert result.returncode == 2 and "mode='partial' is not one of frozen, full, scratch" in result.stderr
