@@ -25,3 +25,20 @@ def tracking(tmp_path, monkeypatch):
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory, request):
+    """A fresh sqlite tracking store shared by one test module (its end-to-end runs are set
+    up once); yields the module's scratch folder."""
+    tmp = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        mp.delenv(name, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield tmp
+    mp.undo()
+    mlflow.set_tracking_uri(None)
+

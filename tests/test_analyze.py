@@ -17,22 +17,16 @@ ANALYSIS_PNGS = [f"{m}_{kind}.png" for m in ("cae", "vae") for kind in ("pca", "
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(module_store):
     """A tracking store holding a 2-epoch CAE, a 2-epoch VAE (registered) and their analysis."""
-    tmp = tmp_path_factory.mktemp("analyze")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    tmp = module_store
     mlflow_run("train_cae", TRAIN, tmp)
     mlflow_run("vae", TRAIN, tmp)
     cae_run, vae_run = runs_of()
     result = mlflow_run("analyze", {"train_subset": 2000, "cae_model_uri": f"runs:/{cae_run.info.run_id}/encoder",
                                     "n_points": 300}, tmp)
     analysis = runs_of()[-1]
-    yield {"cae": cae_run, "vae": vae_run, "analysis": analysis, "tmp": tmp, "result": result}
-    mp.undo()
-    mlflow.set_tracking_uri(None)
+    return {"cae": cae_run, "vae": vae_run, "analysis": analysis, "tmp": tmp, "result": result}
 
 
 def test_metrics_are_fractions_above_chance(store):

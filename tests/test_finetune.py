@@ -18,15 +18,9 @@ REGISTER_AS = "clf-test"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(module_store):
     """A tracking store holding a 2-epoch encoder and one finetune run per mode."""
-    tmp = tmp_path_factory.mktemp("finetune")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
+    tmp = module_store
     mlflow_run("train_cae", {**SUBSET, "epochs": 2, "encoded_space_dim": 8, "lr": "3e-3"}, tmp, experiment="cae")
     (cae_run,) = runs_of("cae")
     encoder_uri = f"runs:/{cae_run.info.run_id}/encoder"
@@ -35,9 +29,7 @@ def store(tmp_path_factory):
         result = mlflow_run("finetune", {**SUBSET, "model_uri": encoder_uri, "mode": mode, "epochs": EPOCHS,
                                          "lr": lr, "register_as": REGISTER_AS}, tmp)
         runs[mode] = (runs_of()[-1], result)
-    yield {"tmp": tmp, "encoder_uri": encoder_uri, "runs": runs}
-    mp.undo()
-    mlflow.set_tracking_uri(None)
+    return {"tmp": tmp, "encoder_uri": encoder_uri, "runs": runs}
 
 
 @pytest.mark.parametrize("mode", ["frozen", "full", "scratch"])

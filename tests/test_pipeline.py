@@ -1,6 +1,5 @@
 """`main`: the whole study as one parent run, through `mlflow run . -e main`."""
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 

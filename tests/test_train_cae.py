@@ -10,17 +10,11 @@ from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("train_cae")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+def trained(module_store):
+    tmp = module_store
     result = mlflow_run("train_cae", {"train_subset": 3000, "epochs": 3, "encoded_space_dim": 6, "lr": "3e-3"}, tmp)
     (run,) = runs_of()
-    yield run, tmp, result
-    mp.undo()
-    mlflow.set_tracking_uri(None)
+    return run, tmp, result
 
 
 def test_run_finished_with_params_and_one_metric_per_epoch(trained):

@@ -16,20 +16,14 @@ SEARCH = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "train_subset": 
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tune")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+def search(module_store):
+    tmp = module_store
     result = mlflow_run("tune", {**SEARCH, "storage_path": tmp / "ray"}, tmp)
     runs = runs_of()
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in runs]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    yield {"tmp": tmp, "parent": parents[0], "children": children, "runs": runs, "stdout": result.stdout}
-    mp.undo()
-    mlflow.set_tracking_uri(None)
+    return {"tmp": tmp, "parent": parents[0], "children": children, "runs": runs, "stdout": result.stdout}
 
 
 def test_one_parent_with_a_child_per_trial(search):

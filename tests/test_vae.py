@@ -17,18 +17,12 @@ DIM = 6
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("vae")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+def trained(module_store):
+    tmp = module_store
     mlflow_run("vae", {"train_subset": 2000, "epochs": 3, "batch_size": 64,
                        "encoded_space_dim": DIM, "lr": "3e-3"}, tmp)
     (run,) = runs_of()
-    yield run, tmp
-    mp.undo()
-    mlflow.set_tracking_uri(None)
+    return run, tmp
 
 
 def test_run_finished_with_losses_per_epoch_and_test_figures(trained):
