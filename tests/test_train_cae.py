@@ -46,3 +46,18 @@ def test_reconstructions_png(trained, tmp_path):
     run, _, _ = trained
     path = MlflowClient().download_artifacts(run.info.run_id, "reconstructions.png", str(tmp_path))
     assert_png(path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_epoch_on_the_gpu_keeps_data_there(small_data):
+    from experiments.train_cae import Config, build_autoencoder, reconstruction_loss
+    from experiments.training import fit
+
+    data = small_data.to("cuda")
+    model, optimizer, scheduler = build_autoencoder(Config(device="cuda", epochs=1))
+    seen = []
+    fit(model, reconstruction_loss, optimizer, data.train, data.val, 1, 256, 0,
+        report=lambda epoch, metrics: seen.append(metrics), scheduler=scheduler)
+    assert data.train.images.is_cuda and next(model.parameters()).is_cuda
+    assert seen and seen[0]["val_loss"] < 0.2
