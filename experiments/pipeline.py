@@ -20,9 +20,9 @@ ORDER = ("tune", "finetune", "vae", "analyze")
 # quick: minutes on a laptop CPU, to see every piece work; full: the contract's defaults.
 PROFILES = {
     "quick": {
-        "tune": {"train_subset": 10_000, "num_samples": 4, "max_epochs": 4, "grace_period": 1},
-        "finetune": {"train_subset": 10_000, "epochs": 3},
-        "vae": {"train_subset": 10_000, "epochs": 4},
+        "tune": {"train_subset": 20_000, "num_samples": 6, "max_epochs": 6, "grace_period": 2},
+        "finetune": {"train_subset": 20_000, "epochs": 5},
+        "vae": {"train_subset": 20_000, "epochs": 8},
         "analyze": {"n_points": 1000},
     },
     "full": {step: {} for step in ORDER},
