@@ -188,8 +188,9 @@ def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str
     model = CAE(CAEConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model = model.to(config.torch_device)
+    test = data.test.to(config.torch_device)
     best_val = float(table["best_val_loss"].min())
-    best_test = evaluate(model, train_cae.reconstruction_loss, data.to(config.torch_device).test)
+    best_test = evaluate(model, train_cae.reconstruction_loss, test)
 
     mlflow.log_params({f"best_{k}": best.config[k] for k in HYPERPARAMETERS})
     mlflow.log_metrics({"best_val_loss": best_val, "best_test_loss": best_test,
@@ -201,7 +202,7 @@ def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str
         "parallel_coordinates.png": figures.plot_parallel_coordinates(finished, HYPERPARAMETERS),
         "learning_curves.png": figures.plot_learning_curves(curves, "val_loss of the trials that ran to the end"),
         "param_importances.png": figures.plot_param_importances(importances, note),
-        "reconstructions.png": train_cae.reconstructions_figure(model, data.to(config.torch_device).test),
+        "reconstructions.png": train_cae.reconstructions_figure(model, test),
     })
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp, "search_results.csv")
