@@ -24,7 +24,7 @@ from experiments import plots
 from experiments.config import CommonConfig, config_params
 from experiments.data import CLASS_NAMES, FashionMNIST, Split, load_fashion_mnist
 from experiments.errors import UserError
-from experiments.tracking import check_tracking_server, load_module, model_lineage, start_step_run
+from experiments.tracking import check_tracking_server, load_module, log_figures, model_lineage, start_step_run
 from experiments.train_cae import encode, sample_from_fitted_gaussian
 from experiments.training import seed_everything
 from fmae_models.vae import VAEMeanEncoder
@@ -203,7 +203,5 @@ def run(config: Config) -> str:
             metrics, figures = analyze_model(model, data, subset, config.seed)
             mlflow.log_metrics(metrics)
             print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
-            for artifact, figure in figures.items():
-                mlflow.log_figure(figure, artifact)
-                plots.plt.close(figure)
+            log_figures(figures)
         return active.info.run_id

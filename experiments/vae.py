@@ -11,7 +11,7 @@ from experiments import plots
 from experiments.config import CommonConfig, check_positive, config_params
 from experiments.data import FashionMNIST, load_fashion_mnist
 from experiments.errors import UserError
-from experiments.tracking import log_module, register_model, start_step_run
+from experiments.tracking import log_figures, log_module, register_model, start_step_run
 from experiments.train_cae import log_epoch, reconstructions_figure
 from experiments.training import evaluate, fit, make_optimizer, seed_everything
 from fmae_models import VAE, VAEConfig, kl_divergence, vae_loss
@@ -104,9 +104,8 @@ def run(config: Config) -> str:
         metrics = test_metrics(model, data)
         mlflow.log_metrics(metrics)
         print("  ".join(f"{k} {v:.5f}" for k, v in metrics.items()), flush=True)
-        mlflow.log_figure(reconstructions_figure(Reconstructor(model), data.test), "reconstructions.png")
-        mlflow.log_figure(samples_figure(model, config.seed), "samples.png")
-        plots.plt.close("all")
+        log_figures({"reconstructions.png": reconstructions_figure(Reconstructor(model), data.test),
+                     "samples.png": samples_figure(model, config.seed)})
         info = log_vae(model)
         register_model(info.model_uri, config.register_as, active.info.run_id,
                        ("test_recon_mse", metrics["test_recon_mse"]), higher_is_better=False)
