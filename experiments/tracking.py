@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from experiments.errors import UserError
+from experiments.training import flush_denormals_
 from fmae_models import CAE, VAE, CAEConfig, Classifier, Encoder, VAEConfig
 from fmae_models.vae import VAEMeanEncoder
 
@@ -167,6 +168,7 @@ def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], r
     """Log model as an MLflow pytorch model (pt2: safe to load, callable on any batch) plus
     a recipe and a state dict that rebuild it as a trainable fmae module (see load_module)."""
     model = model.to("cpu").eval()
+    flush_denormals_(model)  # whoever loads it computes at full speed
     x = example_images()
     with torch.no_grad():
         y = model(torch.from_numpy(x))
@@ -210,6 +212,7 @@ def load_module(model_uri: str, kinds: tuple[str, ...] | None = None) -> tuple[n
     module = build_module(recipe["kind"], recipe["config"])
     state = torch.load(recipe_path.parent / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     module.load_state_dict(state)
+    flush_denormals_(module)  # models logged before log_module flushed them
     return module, recipe["kind"], recipe["config"]
 
 

@@ -28,6 +28,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@torch.no_grad()
+def flush_denormals_(module: nn.Module) -> int:
+    """Set module's denormal parameters (0 < |w| < 1.2e-38) to 0; returns how many there were.
+
+    Weight decay drives dead weights toward 0 until they are denormal floats, which x86 CPUs
+    compute with ~100x slower microcode. torch.set_flush_denormal only covers the calling
+    thread, not the intra-op worker threads: one step of the tuned search champion's encoder
+    took 70 ms on 2 threads against 13 ms for the same encoder with fresh weights.
+    """
+    flushed = 0
+    for param in module.parameters():
+        tiny = param.abs() < torch.finfo(param.dtype).tiny
+        count = int(tiny.sum()) - int((param == 0).sum())
+        if count:
+            param.masked_fill_(tiny, 0.0)
+            flushed += count
+    return flushed
+
+
 def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     """The seed's optimisers; momentum applies to sgd and rmsprop only."""
     if name == "adam":
@@ -100,11 +119,10 @@ def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, tra
     metrics: train_loss, val_loss, epoch_seconds, and whatever val_metrics adds. A scheduler
     steps once per epoch (resuming, pass one already stepped start_epoch - 1 times).
     """
-    # Weight decay drives dead weights toward 0 until they are denormal floats, which x86 CPUs
-    # compute with ~100x slower microcode: fine-tuning a tuned encoder ran 7x slower per epoch.
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # this thread's arithmetic; flush_denormals_ covers the weights
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
+        flush_denormals_(model)
         train_loss = train_epoch(model, loss_fn, optimizer, train, batch_size, epoch_generator(seed, epoch))
         if scheduler is not None:
             scheduler.step()
