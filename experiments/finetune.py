@@ -25,22 +25,22 @@ from experiments.training import EVAL_BATCH, accuracy, fit, make_optimizer, make
 from fmae_models import Classifier
 
 MODES = ("frozen", "full", "scratch")
-ENCODER_LR_FACTOR = 0.1  # mode=full: the pretrained encoder moves at lr/10 so the head cannot wreck it early
 
 
 @dataclass(frozen=True)
 class Config(CommonConfig):
     model_uri: str = "models:/fmae-cae-encoder@champion"  # the encoder to build on (any MLflow model URI)
-    mode: str = "frozen"  # frozen: head only; full: encoder too, at lr/10; scratch: random encoder (baseline)
+    mode: str = "frozen"  # frozen: head only; full: encoder too, more slowly; scratch: random encoder (baseline)
     epochs: int = 10  # passes over the training set
     lr: float = 0.001  # Adam's peak learning rate (the head's; all weights' in scratch), cosine-annealed to 0
+    encoder_lr_factor: float = 0.5  # mode=full: the pretrained encoder learns at lr * this (1 = as fast as the head)
     batch_size: int = 256  # images (or, frozen, feature vectors) per optimiser step
     register_as: str = "fmae-classifier"  # registered model name; its alias champion = best test_accuracy
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("mode", self.mode, MODES)
-        check_positive(self, "epochs", "lr", "batch_size")
+        check_positive(self, "epochs", "lr", "batch_size", "encoder_lr_factor")
 
 
 def nll_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def build_classifier(config: Config) -> tuple[Classifier, dict]:
 def make_classifier_optimizer(model: Classifier, config: Config) -> torch.optim.Optimizer:
     if config.mode == "frozen":
         return make_optimizer("adam", model.head.parameters(), config.lr, 0.0, 0.0)
-    encoder_lr = config.lr * (ENCODER_LR_FACTOR if config.mode == "full" else 1.0)
+    encoder_lr = config.lr * (config.encoder_lr_factor if config.mode == "full" else 1.0)
     groups = [{"params": model.encoder.parameters(), "lr": encoder_lr}, {"params": model.head.parameters()}]
     return make_optimizer("adam", groups, config.lr, 0.0, 0.0)
 
@@ -97,7 +97,7 @@ def train(model: Classifier, config: Config, train_split: Split, val: Split, rep
 
     frozen: only the head learns, on codes encoded once up front; the standardisation is then
     folded into the head, so the encoder stays bit-identical. full: the standardisation is
-    folded into the encoder's last layer before training, which then moves on at lr/10.
+    folded into the encoder's last layer before training, which then moves on at lr * encoder_lr_factor.
     """
     learner = model
     if config.mode in ("frozen", "full"):

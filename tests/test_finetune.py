@@ -27,7 +27,7 @@ def store(module_store):
     runs = {}
     for mode, lr in (("frozen", "0.01"), ("full", "0.003"), ("scratch", "0.003")):
         result = mlflow_run("finetune", {**SUBSET, "model_uri": encoder_uri, "mode": mode, "epochs": EPOCHS,
-                                         "lr": lr, "register_as": REGISTER_AS}, tmp)
+                                         "lr": lr, "encoder_lr_factor": "0.7", "register_as": REGISTER_AS}, tmp)
         runs[mode] = (runs_of()[-1], result)
     return {"tmp": tmp, "encoder_uri": encoder_uri, "runs": runs}
 
@@ -37,6 +37,7 @@ def test_each_mode_logs_per_epoch_metrics_and_a_test_accuracy(store, mode):
     run, result = store["runs"][mode]
     assert run.info.status == "FINISHED"
     assert run.data.tags["fmae.mode"] == mode and run.data.params["mode"] == mode
+    assert run.data.params["encoder_lr_factor"] == "0.7"
     for key in ("train_loss", "val_accuracy"):
         assert [step for step, _ in metric_history(run.info.run_id, key)] == list(range(1, EPOCHS + 1))
     losses = [v for _, v in metric_history(run.info.run_id, "train_loss")]
@@ -113,3 +114,22 @@ def test_a_model_uri_that_is_not_an_encoder_is_rejected(store, tmp_path):
 def test_bad_mode_is_rejected(tmp_path, tracking):
     result = fmae(["finetune", "--mode", "partial"], tmp_path)
     assert result.returncode == 2 and "mode='partial' is not one of frozen, full, scratch" in result.stderr
+
+
+@pytest.mark.parametrize("mode, encoder_lr", [("frozen", None), ("full", 0.002), ("scratch", 0.01)])
+def test_full_mode_moves_the_encoder_at_lr_times_encoder_lr_factor(mode, encoder_lr):
+    from experiments.finetune import Config, make_classifier_optimizer
+    from fmae_models import CAEConfig, Classifier, Encoder
+
+    model = Classifier(Encoder(CAEConfig(n_channels=4, encoded_space_dim=6)), 6)
+    if mode == "frozen":
+        model.freeze_encoder()
+    optimizer = make_classifier_optimizer(model, Config(mode=mode, lr=0.01, encoder_lr_factor=0.2))
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert all(rates[id(p)] == 0.01 for p in model.head.parameters())
+    assert [rates.get(id(p)) for p in model.encoder.parameters()] == [encoder_lr] * len(list(model.encoder.parameters()))
+
+
+def test_bad_encoder_lr_factor_is_rejected(tmp_path, tracking):
+    result = fmae(["finetune", "--mode", "full", "--encoder_lr_factor", "0"], tmp_path)
+    assert result.returncode == 2 and "encoder_lr_factor=0.0 must be more than 0" in result.stderr
