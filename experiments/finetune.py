@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from experiments import plots
 from experiments.config import CommonConfig, check_choice, check_positive, config_params
 from experiments.data import CLASS_NAMES, Split, load_fashion_mnist
+from experiments.errors import UserError
 from experiments.tracking import (build_module, check_tracking_server, load_module, log_figures, log_module,
                                   model_lineage, register_model, start_step_run)
 from experiments.train_cae import encode, log_epoch
@@ -25,6 +26,7 @@ from experiments.training import EVAL_BATCH, accuracy, fit, make_optimizer, make
 from fmae_models import Classifier
 
 MODES = ("frozen", "full", "scratch")
+AUGMENTATIONS = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -34,18 +36,34 @@ class Config(CommonConfig):
     epochs: int = 10  # passes over the training set
     lr: float = 0.001  # Adam's peak learning rate (the head's; all weights' in scratch), cosine-annealed to 0
     encoder_lr_factor: float = 0.5  # mode=full: the pretrained encoder learns at lr * this (1 = as fast as the head)
+    augment: str = "none"  # full and scratch: flip = mirror a random half of each batch left-right
     batch_size: int = 256  # images (or, frozen, feature vectors) per optimiser step
     register_as: str = "fmae-classifier"  # registered model name; its alias champion = best test_accuracy
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("mode", self.mode, MODES)
+        check_choice("augment", self.augment, AUGMENTATIONS)
+        if self.augment != "none" and self.mode == "frozen":
+            raise UserError(f"augment={self.augment!r} needs mode=full or scratch: mode=frozen trains the head "
+                            "on codes computed once, so there are no images to augment.")
         check_positive(self, "epochs", "lr", "batch_size", "encoder_lr_factor")
 
 
 def nll_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of log-probabilities, the seed's loss."""
     return F.nll_loss(model(inputs), labels)
+
+
+def random_flip(images: torch.Tensor) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2: a mirrored garment is the same class."""
+    flip = torch.rand(len(images), 1, 1, 1, device=images.device) < 0.5
+    return torch.where(flip, images.flip(3), images)
+
+
+def flipped_nll_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """nll_loss on randomly flipped images while training; evaluation sees them as they are."""
+    return nll_loss(model, random_flip(inputs) if model.training else inputs, labels)
 
 
 def build_classifier(config: Config) -> tuple[Classifier, dict]:
@@ -111,7 +129,8 @@ def train(model: Classifier, config: Config, train_split: Split, val: Split, rep
         standardize_output(model.encoder.fc[-1], mean, std)
     optimizer = make_classifier_optimizer(model, config)
     scheduler = make_scheduler("cosine", optimizer, config.epochs)
-    fit(learner, nll_loss, optimizer, train_split, val, config.epochs, config.batch_size, config.seed, report,
+    loss = flipped_nll_loss if config.augment == "flip" else nll_loss
+    fit(learner, loss, optimizer, train_split, val, config.epochs, config.batch_size, config.seed, report,
         val_metrics=lambda m: {"val_accuracy": accuracy(m, val)}, scheduler=scheduler)
     if config.mode == "frozen":
         fold_standardization(model.head[0], mean, std)

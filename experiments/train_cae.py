@@ -30,6 +30,7 @@ class Config(CommonConfig):
     batch_size: int = 256  # images per optimiser step
     epochs: int = 20  # passes over the training set
     lr_schedule: str = "constant"  # constant (the seed's), or cosine: anneal lr to 0 over the epochs
+    batch_norm: bool = False  # BatchNorm after each encoder conv: not the seed's; its encoder fine-tunes better
 
     def __post_init__(self):
         super().__post_init__()
@@ -42,7 +43,7 @@ class Config(CommonConfig):
 
     @property
     def model_config(self) -> CAEConfig:
-        return CAEConfig(self.n_channels, self.encoded_space_dim)
+        return CAEConfig(self.n_channels, self.encoded_space_dim, self.batch_norm)
 
 
 def reconstruction_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 class CAEConfig:
     n_channels: int = 8  # width c of the first conv; the next two have 2c and 4c
     encoded_space_dim: int = 14  # size of the latent code
+    batch_norm: bool = False  # BatchNorm after each encoder conv (not the seed's; trains faster, classifies better)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -28,14 +29,13 @@ class Encoder(nn.Module):
         super().__init__()
         c = config.n_channels
         self.config = config
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, c, 3, stride=2, padding=2),  # 28 -> 15
-            nn.ReLU(True),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),  # 15 -> 8
-            nn.ReLU(True),
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=0),  # 8 -> 3
-            nn.ReLU(True),
-        )
+        layers = []
+        for n_in, n_out, padding in ((1, c, 2), (c, 2 * c, 1), (2 * c, 4 * c, 0)):  # 28 -> 15 -> 8 -> 3
+            layers.append(nn.Conv2d(n_in, n_out, 3, stride=2, padding=padding))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm2d(n_out))
+            layers.append(nn.ReLU(True))
+        self.conv = nn.Sequential(*layers)  # without batch_norm, the seed's layers and state-dict keys
         self.fc = nn.Sequential(
             nn.Linear(36 * c, 64),
             nn.ReLU(True),

@@ -21,13 +21,15 @@ REGISTER_AS = "clf-test"
 def store(module_store):
     """A tracking store holding a 2-epoch encoder and one finetune run per mode."""
     tmp = module_store
-    mlflow_run("train_cae", {**SUBSET, "epochs": 2, "encoded_space_dim": 8, "lr": "3e-3"}, tmp, experiment="cae")
+    # with BatchNorm, so frozen mode must also keep its running statistics (full: the seed's encoder, in test_pipeline)
+    mlflow_run("train_cae", {**SUBSET, "epochs": 2, "encoded_space_dim": 8, "lr": "3e-3", "batch_norm": "true"}, tmp,
+               experiment="cae")
     (cae_run,) = runs_of("cae")
     encoder_uri = f"runs:/{cae_run.info.run_id}/encoder"
     runs = {}
-    for mode, lr in (("frozen", "0.01"), ("full", "0.003"), ("scratch", "0.003")):
-        result = mlflow_run("finetune", {**SUBSET, "model_uri": encoder_uri, "mode": mode, "epochs": EPOCHS,
-                                         "lr": lr, "encoder_lr_factor": "0.7", "register_as": REGISTER_AS}, tmp)
+    for mode, lr, augment in (("frozen", "0.01", "none"), ("full", "0.003", "flip"), ("scratch", "0.003", "flip")):
+        result = mlflow_run("finetune", {**SUBSET, "model_uri": encoder_uri, "mode": mode, "epochs": EPOCHS, "lr": lr,
+                                         "encoder_lr_factor": "0.7", "augment": augment, "register_as": REGISTER_AS}, tmp)
         runs[mode] = (runs_of()[-1], result)
     return {"tmp": tmp, "encoder_uri": encoder_uri, "runs": runs}
 
@@ -37,7 +39,7 @@ def test_each_mode_logs_per_epoch_metrics_and_a_test_accuracy(store, mode):
     run, result = store["runs"][mode]
     assert run.info.status == "FINISHED"
     assert run.data.tags["fmae.mode"] == mode and run.data.params["mode"] == mode
-    assert run.data.params["encoder_lr_factor"] == "0.7"
+    assert run.data.params["encoder_lr_factor"] == "0.7" and run.data.params["encoder_batch_norm"] == "True"
     for key in ("train_loss", "val_accuracy"):
         assert [step for step, _ in metric_history(run.info.run_id, key)] == list(range(1, EPOCHS + 1))
     losses = [v for _, v in metric_history(run.info.run_id, "train_loss")]
@@ -133,3 +135,29 @@ def test_full_mode_moves_the_encoder_at_lr_times_encoder_lr_factor(mode, encoder
 def test_bad_encoder_lr_factor_is_rejected(tmp_path, tracking):
     result = fmae(["finetune", "--mode", "full", "--encoder_lr_factor", "0"], tmp_path)
     assert result.returncode == 2 and "encoder_lr_factor=0.0 must be more than 0" in result.stderr
+
+
+def test_flip_mirrors_about_half_the_images_and_only_while_training():
+    from experiments.finetune import flipped_nll_loss, random_flip
+
+    torch.manual_seed(0)
+    x = torch.rand(400, 1, 28, 28)
+    out = random_flip(x)
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(3)).flatten(1).all(1)
+    assert (same | mirrored).all() and 150 < int(mirrored.sum()) < 250
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.LogSoftmax(1))
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    labels = torch.zeros(400, dtype=torch.long)
+    flipped_nll_loss(model.eval(), x, labels)
+    assert torch.equal(seen[-1], x)
+    flipped_nll_loss(model.train(), x, labels)
+    assert not torch.equal(seen[-1], x)
+
+
+def test_augment_with_frozen_mode_is_rejected(tmp_path, tracking):
+    result = fmae(["finetune", "--mode", "frozen", "--augment", "flip"], tmp_path)
+    assert result.returncode == 2 and "augment='flip' needs mode=full or scratch" in result.stderr
+    result = fmae(["finetune", "--mode", "full", "--augment", "crop"], tmp_path)
+    assert result.returncode == 2 and "augment='crop' is not one of none, flip" in result.stderr

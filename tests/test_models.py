@@ -70,3 +70,25 @@ def test_frozen_encoder_receives_no_gradient():
     clf(images(4)).mean().backward()
     assert all(p.grad is None for p in clf.encoder.parameters())
     assert all(p.grad is not None for p in clf.head.parameters())
+
+
+def test_batch_norm_encoder_adds_a_norm_per_conv_and_keeps_the_seeds_keys_without_it():
+    c, d = 8, 14
+    plain, normed = Encoder(CAEConfig(c, d)), Encoder(CAEConfig(c, d, batch_norm=True))
+    assert [k for k in plain.state_dict() if k.startswith("conv.")] == [
+        "conv.0.weight", "conv.0.bias", "conv.2.weight", "conv.2.bias", "conv.4.weight", "conv.4.bias"]
+    norms = [m for m in normed.conv if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m.num_features for m in norms] == [c, 2 * c, 4 * c]
+    assert n_params(normed) == n_params(plain) + 2 * (c + 2 * c + 4 * c)  # a scale and a shift per channel
+    assert normed.eval()(images(3)).shape == (3, d)
+    assert CAE(CAEConfig(c, d, batch_norm=True))(images(2)).shape == (2, 1, 28, 28)
+
+
+def test_a_frozen_encoders_batch_norm_statistics_do_not_move_in_training_mode():
+    clf = Classifier(Encoder(CAEConfig(4, 6, batch_norm=True)), 6)
+    clf.freeze_encoder()
+    before = {k: v.clone() for k, v in clf.encoder.state_dict().items()}
+    clf.train()
+    assert clf.head.training and not clf.encoder.training
+    clf(images(8) * 3 + 1)
+    assert all(torch.equal(before[k], v) for k, v in clf.encoder.state_dict().items())
