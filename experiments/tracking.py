@@ -208,7 +208,8 @@ def load_module(model_uri: str, kinds: tuple[str, ...] | None = None) -> tuple[n
         raise UserError(f"model_uri={model_uri!r} is not a model fmae logged: it has no {RECIPE_FILE}.")
     recipe = json.loads(recipe_path.read_text())
     if kinds is not None and recipe["kind"] not in kinds:
-        raise UserError(f"model_uri={model_uri!r} is a {recipe['kind']}; this step needs a {' or '.join(kinds)}.")
+        article = "an" if kinds[0][0] in "aeiou" else "a"
+        raise UserError(f"model_uri={model_uri!r} is a {recipe['kind']}; this step needs {article} {' or '.join(kinds)}.")
     module = build_module(recipe["kind"], recipe["config"])
     state = torch.load(recipe_path.parent / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     module.load_state_dict(state)

@@ -109,7 +109,7 @@ def test_a_model_uri_that_is_not_an_encoder_is_rejected(store, tmp_path):
     cae_uri = store["encoder_uri"].replace("/encoder", "/cae")
     result = fmae(["finetune", "--model_uri", cae_uri, "--train_subset", "100"], tmp_path,
                   MLFLOW_TRACKING_URI=f"sqlite:///{store['tmp'] / 'mlflow.db'}")
-    assert result.returncode == 2 and "is a cae; this step needs a encoder" in result.stderr
+    assert result.returncode == 2 and "is a cae; this step needs an encoder" in result.stderr
     assert "Traceback" not in result.stderr
 
 
