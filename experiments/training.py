@@ -39,11 +39,9 @@ def flush_denormals_(module: nn.Module) -> int:
     """
     flushed = 0
     for param in module.parameters():
-        tiny = param.abs() < torch.finfo(param.dtype).tiny
-        count = int(tiny.sum()) - int((param == 0).sum())
-        if count:
-            param.masked_fill_(tiny, 0.0)
-            flushed += count
+        denormal = (param != 0) & (param.abs() < torch.finfo(param.dtype).tiny)
+        param.masked_fill_(denormal, 0.0)
+        flushed += int(denormal.sum())
     return flushed
 
 

@@ -8,8 +8,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from experiments.data import CLASS_NAMES
-from experiments.finetune import class_slug
+from experiments.finetune import Config, class_slug, flipped_nll_loss, make_classifier_optimizer, random_flip
 from experiments.tracking import load_module
+from fmae_models import CAEConfig, Classifier, Encoder
 from tests.helpers import assert_png, fmae, metric_history, mlflow_run, runs_of
 
 SUBSET = {"train_subset": 2500}
@@ -120,9 +121,6 @@ def test_bad_mode_is_rejected(tmp_path, tracking):
 
 @pytest.mark.parametrize("mode, encoder_lr", [("frozen", None), ("full", 0.002), ("scratch", 0.01)])
 def test_full_mode_moves_the_encoder_at_lr_times_encoder_lr_factor(mode, encoder_lr):
-    from experiments.finetune import Config, make_classifier_optimizer
-    from fmae_models import CAEConfig, Classifier, Encoder
-
     model = Classifier(Encoder(CAEConfig(n_channels=4, encoded_space_dim=6)), 6)
     if mode == "frozen":
         model.freeze_encoder()
@@ -138,8 +136,6 @@ def test_bad_encoder_lr_factor_is_rejected(tmp_path, tracking):
 
 
 def test_flip_mirrors_about_half_the_images_and_only_while_training():
-    from experiments.finetune import flipped_nll_loss, random_flip
-
     torch.manual_seed(0)
     x = torch.rand(400, 1, 28, 28)
     out = random_flip(x)
