@@ -1,5 +1,7 @@
 """The search end to end through `mlflow run . -e tune`, and the searcher's honesty about pruning."""
 
+import dataclasses
+
 import mlflow
 import optuna
 import pandas as pd
@@ -8,9 +10,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray import tune as ray_tune
 
+from experiments import train_cae
 from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
 from tune.searcher import PruningAwareOptunaSearch
-from tune.space import SEED_BEST
+from tune.space import SEED_BEST, search_space
 
 SEARCH = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "train_subset": 3000}
 
@@ -131,3 +134,15 @@ def test_searcher_tells_optuna_that_stopped_trials_were_pruned():
     states = [t.state for t in searcher._ot_study.trials]
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
     assert searcher._ot_study.trials[0].intermediate_values == {1: 0.5, 2: 0.25}
+
+
+def test_every_configuration_of_the_space_trains_a_cae():
+    """The searcher's suggestions are train_cae's parameters as they are: each builds a CAE that runs."""
+    searcher = PruningAwareOptunaSearch(metric="val_loss", mode="min", seed=0, max_epochs=5, space=search_space())
+    configs = [searcher.suggest(f"t{i}") for i in range(24)]
+    assert {c["batch_norm"] for c in configs} == {False, True}
+    assert set(SEED_BEST) == set(configs[0])
+    for config in configs:
+        model, _, _ = train_cae.build_autoencoder(dataclasses.replace(train_cae.Config(), **config))
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == config["batch_norm"]

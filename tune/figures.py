@@ -19,7 +19,7 @@ def plot_parallel_coordinates(results: pd.DataFrame, params: list[str], metric: 
     scaled, ticks = {}, {}
     for col in columns:
         values = results[col]
-        if not pd.api.types.is_numeric_dtype(values):  # categorical: evenly spaced levels
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):  # categorical
             levels = sorted(values.astype(str).unique())
             pos = {v: i / max(len(levels) - 1, 1) for i, v in enumerate(levels)}
             scaled[col] = values.astype(str).map(pos).to_numpy(float)

@@ -11,16 +11,18 @@ SEED_BEST = {
     "weight_decay": 1e-5,
     "momentum": 0.9,
     "batch_size": 256,
+    "batch_norm": False,
 }
 
 
 def search_space() -> dict:
     return {
         "encoded_space_dim": tune.choice([4, 6, 8, 10, 12, 14, 16]),  # small codes, as in the seed
-        "n_channels": tune.choice([4, 8, 12, 16]),  # wider costs ~quadratically more compute
+        "n_channels": tune.choice([4, 8, 12, 16, 24, 32]),  # wider costs ~quadratically more compute
         "optimizer": tune.choice(["adam", "sgd", "rmsprop"]),
         "lr": tune.loguniform(1e-4, 1e-2),
         "weight_decay": tune.loguniform(1e-6, 1e-3),
         "momentum": tune.uniform(0.5, 0.99),  # read by sgd and rmsprop only
         "batch_size": tune.choice([64, 128, 256, 512]),
+        "batch_norm": tune.choice([False, True]),  # not the seed's; added to the contract's list
     }
