@@ -25,7 +25,7 @@ from experiments.training import evaluate
 from fmae_models import CAE, CAEConfig
 from tune import figures
 from tune.searcher import PruningAwareOptunaSearch, optuna_storage
-from tune.space import SEED_BEST, search_space
+from tune.space import SEED_BEST, START_POINTS, search_space
 from tune.trainable import TrialSetup, load_checkpoint, train_trial
 from tune.tracking import ChildRunStatus, close_open_children
 
@@ -122,7 +122,7 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   param_space=search_space())
     searcher = PruningAwareOptunaSearch(
-        points_to_evaluate=[SEED_BEST],
+        points_to_evaluate=START_POINTS,
         seed=config.seed,
         study_name=name,
         storage=optuna_storage(str(study)),
