@@ -43,4 +43,3 @@ def test_logged_modules_hold_no_denormals(tracking):
     assert kind == "encoder"
     tiny = torch.finfo(torch.float32).tiny
     assert all(not ((p != 0) & (p.abs() < tiny)).any() for p in loaded.parameters())
-
