@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import tempfile
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -164,6 +165,24 @@ def example_images(n: int = 4) -> np.ndarray:
     return np.random.default_rng(0).random((n, 1, 28, 28), dtype=np.float32)
 
 
+def save_cpu_pytorch_model(path: str, mlflow_model, **kwargs) -> None:
+    """mlflow.pytorch.save_model, with the pyfunc flavour pinned to the CPU.
+
+    A pt2 model keeps the device it was exported on, and MLflow refuses to move it; but its
+    pyfunc loader picks cuda wherever CUDA is present, so on a GPU machine
+    `mlflow.pyfunc.load_model` failed ("exported on cpu, can't be loaded on cuda"), and so did
+    the serving check every log_model runs. fmae exports on the CPU, so the CPU it is.
+    (`model_config={"device": ...}` at load time still overrides it.)
+    """
+    mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+    mlflow_model.flavors["python_function"]["config"] = {"device": "cpu"}
+    mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+# mlflow.pytorch for Model.log, saving through save_cpu_pytorch_model; its name is the flavour's.
+CPU_PYTORCH_FLAVOR = types.SimpleNamespace(__name__=mlflow.pytorch.__name__, save_model=save_cpu_pytorch_model)
+
+
 def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], run_id: str | None = None):
     """Log model as an MLflow pytorch model (pt2: safe to load, callable on any batch) plus
     a recipe and a state dict that rebuild it as a trainable fmae module (see load_module)."""
@@ -177,13 +196,16 @@ def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], r
         recipe, weights = Path(tmp, RECIPE_FILE), Path(tmp, WEIGHTS_FILE)
         recipe.write_text(json.dumps({"kind": kind, "config": config}))
         torch.save(model.state_dict(), weights)
-        return mlflow.pytorch.log_model(
-            model,
+        return mlflow.models.Model.log(
+            artifact_path=None,
+            flavor=CPU_PYTORCH_FLAVOR,
+            pytorch_model=model,
             name=name,
             input_example=x,
             signature=infer_signature(x, outputs.numpy()),
             extra_files=[str(recipe), str(weights)],
             serialization_format="pt2",
+            pickle_module=mlflow.pytorch.pickle_module,
             # Stated rather than inferred: inference reloads the model in a subprocess (seconds per model).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             run_id=run_id,

@@ -5,11 +5,9 @@ from dataclasses import asdict, dataclass
 import mlflow
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 from torch import nn
 from torch.nn import functional as F
 
-from experiments import plots
 from experiments.config import CommonConfig, check_choice, check_positive, config_params
 from experiments.data import FashionMNIST, Split, load_fashion_mnist
 from experiments.errors import UserError
@@ -66,6 +64,8 @@ def test_loss(model: CAE, data: FashionMNIST) -> float:
 @torch.no_grad()
 def reconstructions_figure(model: CAE, test: Split, n: int = 10):
     """The first test image of each class above its reconstruction."""
+    from experiments import plots  # matplotlib: only where figures are made (a pruned trial makes none)
+
     model.eval()
     labels = test.labels.cpu()
     idx = torch.stack([torch.nonzero(labels == k)[0, 0] for k in range(n)])
@@ -91,6 +91,10 @@ def sample_from_fitted_gaussian(decoder: nn.Module, codes: np.ndarray, n: int, s
 
 def latent_figures(model: CAE, test: Split, seed: int, n_points: int = 2000) -> dict:
     """Cheap per-model views of the latent space: test codes by PCA, and generated samples."""
+    from sklearn.decomposition import PCA  # ~1 s to import: a trial pays it only if it finishes
+
+    from experiments import plots
+
     subset = Split(test.images[:n_points], test.labels[:n_points])
     codes = encode(model.encoder, subset)
     points = PCA(n_components=2, random_state=seed).fit_transform(codes)

@@ -3,6 +3,7 @@
 import gzip
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,19 @@ def test_real_files_load_with_the_expected_counts_and_range(small_data):
     assert 0.0 <= float(d.test.images.min()) and float(d.test.images.max()) <= 1.0
     assert set(d.test.labels.tolist()) == set(range(10))
     assert torch.bincount(d.test.labels).tolist() == [1000] * 10  # FashionMNIST's test set is balanced
+
+
+def test_packed_data_unpacks_to_exactly_the_same_tensors(small_data):
+    """What the search sends to its trials (uint8, a quarter of the bytes) loses nothing."""
+    packed = small_data.pack()
+    assert packed.train.images.dtype == np.uint8 and packed.train.images.shape == (2000, 28, 28)
+    assert packed.train.images.nbytes == small_data.train.images.numel()  # one byte a pixel, not four
+    packed.test.images.setflags(write=False)  # as Ray's object store hands it over
+    unpacked = packed.unpack("cpu")
+    for name in ("train", "val", "test"):
+        a, b = getattr(small_data, name), getattr(unpacked, name)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+        assert b.images.dtype == torch.float32 and b.labels.dtype == torch.int64
 
 
 def test_full_split_sizes_and_seeded_split():

@@ -12,10 +12,14 @@ from ray import tune as ray_tune
 
 from experiments import train_cae
 from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
+from experiments.errors import UserError
+from tune import search as search_module
 from tune.searcher import PruningAwareOptunaSearch
 from tune.space import SEED_BEST, START_POINTS, search_space
 
-SEARCH = {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "train_subset": 3000}
+# cpus_per_trial=0.5: four trials at once on a 2-core machine, as on a big one; the last two
+# meet ASHA's rungs with results already there.
+SEARCH = {"num_samples": 6, "max_epochs": 3, "grace_period": 1, "train_subset": 3000, "cpus_per_trial": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,8 @@ def search(module_store):
 
 
 def test_one_parent_with_a_child_per_trial(search):
-    assert len(search["children"]) == 4
-    assert len(search["runs"]) == 5  # no stray runs: trial metrics never land in the parent
+    assert len(search["children"]) == 6
+    assert len(search["runs"]) == 7  # no stray runs: trial metrics never land in the parent
     parent = search["parent"]
     assert parent.info.status == "FINISHED"
     assert "val_loss" not in parent.data.metrics
@@ -53,11 +57,50 @@ def test_children_have_per_epoch_metrics_tags_and_honest_status(search):
     assert statuses.count("FINISHED") >= 1 and statuses.count("KILLED") >= 1, statuses
 
 
-def test_first_trials_are_the_start_points(search):
-    """The seed's configuration, then the wide BatchNorm one, before TPE proposes anything."""
-    first = sorted(search["children"], key=lambda r: r.info.start_time)[:len(START_POINTS)]
-    params = sorted(tuple(sorted((k, r.data.params[k]) for k in SEED_BEST)) for r in first)
-    assert params == sorted(tuple(sorted((k, str(v)) for k, v in point.items())) for point in START_POINTS)
+def test_trials_start_together_and_the_search_records_its_timeline(search, tmp_path):
+    """Ray Tune keeps one trial pending for a searcher unless told otherwise; fmae tells it how
+    many the machine holds, so the first four trials are launched at once, not one after another."""
+    parent = search["parent"]
+    assert parent.data.params["concurrent_trials"] == "4"
+    table = pd.read_csv(MlflowClient().download_artifacts(parent.info.run_id, "search_results.csv", str(tmp_path)))
+    for column in ("created_s", "launched_s", "entered_s", "ready_s", "first_epoch_s", "ended_s"):
+        assert table[column].notna().all(), column
+    milestones = table[["created_s", "launched_s", "entered_s", "ready_s", "first_epoch_s", "ended_s"]]
+    assert (milestones.diff(axis=1).iloc[:, 1:] >= 0).all().all(), milestones  # each in order
+    # The first four were all launched before any trial had trained an epoch: none waited
+    # for another's start-up (with one pending trial, each waited for the one before).
+    assert table["created_s"].nsmallest(4).max() < table["first_epoch_s"].min()
+    metrics = parent.data.metrics
+    assert 2 <= metrics["peak_concurrent_trials"] <= 4
+    assert 0 < metrics["seconds_to_first_epoch"] < metrics["search_seconds"]
+    assert metrics["median_trial_start_seconds"] >= 0 and metrics["median_trial_setup_seconds"] >= 0
+
+
+@pytest.mark.parametrize("resources,flags,expected", [
+    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.0625}, 16),  # the GPU machine: 16 trials share the GPU
+    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.125}, 8),
+    ({"CPU": 2.0}, {}, 2),
+    ({"CPU": 2.0}, {"cpus_per_trial": 0.5}, 4),
+    ({"CPU": 64.0}, {}, 20),  # never more than num_samples
+    ({"CPU": 2.0}, {"max_concurrent": 3}, 3),  # the user's word wins (an autoscaling cluster grows)
+])
+def test_trial_concurrency_follows_the_cluster(monkeypatch, resources, flags, expected):
+    monkeypatch.setattr(search_module.ray, "cluster_resources", lambda: resources)
+    assert search_module.trial_concurrency(search_module.Config(**flags)) == expected
+
+
+def test_a_gpu_per_trial_without_a_gpu_is_refused_not_waited_for(monkeypatch):
+    monkeypatch.setattr(search_module.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(UserError, match="0 GPUs.*gpus_per_trial=0.5"):
+        search_module.trial_concurrency(search_module.Config(gpus_per_trial=0.5))
+
+
+def test_first_trials_are_the_start_points(search, tmp_path):
+    """The seed's configuration, then the wide BatchNorm one, before TPE proposes anything
+    (trials start together, so their order is the searcher's, kept in search_results.csv)."""
+    path = MlflowClient().download_artifacts(search["parent"].info.run_id, "search_results.csv", str(tmp_path))
+    first = pd.read_csv(path).head(len(START_POINTS))
+    assert [{k: row[k] for k in SEED_BEST} for _, row in first.iterrows()] == START_POINTS
 
 
 def test_finished_trials_hold_their_encoder_and_plots(search, tmp_path):
@@ -83,7 +126,7 @@ def test_parent_holds_the_search_summary(search, tmp_path):
     for name in ("parallel_coordinates.png", "learning_curves.png", "param_importances.png", "reconstructions.png"):
         assert_png(client.download_artifacts(parent.info.run_id, name, str(tmp_path)))
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "search_results.csv", str(tmp_path)))
-    assert len(table) == 4 and set(table["status"]) <= {"finished", "pruned", "failed"}
+    assert len(table) == 6 and set(table["status"]) <= {"finished", "pruned", "failed"}
 
 
 def test_champion_is_registered_and_loads(search):
@@ -148,3 +191,24 @@ def test_every_configuration_of_the_space_trains_a_cae():
         model, _, _ = train_cae.build_autoencoder(dataclasses.replace(train_cae.Config(), **config))
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == config["batch_norm"]
+
+
+def test_child_runs_of_trials_the_resumed_search_lost_are_deleted(tracking):
+    """A driver killed outright can resume from a state older than its last trial's start; that
+    trial's run is dropped, the ones the search still has are kept."""
+    from types import SimpleNamespace
+
+    from tune.tracking import drop_lost_trials
+
+    client = MlflowClient()
+    experiment = client.create_experiment("lost")
+    parent = client.create_run(experiment).info.run_id
+    for trial in ("aaaa0001", "aaaa0002", "aaaa0003"):
+        client.create_run(experiment, tags={"mlflow.parentRunId": parent, "ray.trial_id": trial})
+    results = [SimpleNamespace(metrics={"trial_id": "aaaa0001"}, path="/r/train_trial_aaaa0001_1_x"),
+               SimpleNamespace(metrics={}, path="/r/train_trial_aaaa0003_3_batch_norm=True_2026")]  # never reported
+    assert drop_lost_trials(client, experiment, parent, results) == 1
+    kept = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert sorted(r.data.tags["ray.trial_id"] for r in kept) == ["aaaa0001", "aaaa0003"]
+    unknown = [SimpleNamespace(metrics={}, path="/r/odd")]  # a trial that cannot be identified: delete nothing
+    assert drop_lost_trials(client, experiment, parent, unknown) == 0

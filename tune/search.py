@@ -4,6 +4,7 @@ one MLflow parent run with a child run per trial; the best encoder goes to the r
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +27,19 @@ from fmae_models import CAE, CAEConfig
 from tune import figures
 from tune.searcher import PruningAwareOptunaSearch, optuna_storage
 from tune.space import SEED_BEST, START_POINTS, search_space
+from tune.timeline import TrialTimeline, read_timeline, timeline_metrics
 from tune.trainable import TrialSetup, load_checkpoint, train_trial
-from tune.tracking import ChildRunStatus, close_open_children
+from tune.tracking import ChildRunStatus, close_open_children, drop_lost_trials
 
 HYPERPARAMETERS = list(SEED_BEST)
 REDUCTION_FACTOR = 2  # ASHA keeps the best half at each rung (grace, 2*grace, 4*grace, ...)
 STUDY_FILE = "optuna.db"
 SEARCH_FILE = "fmae_search.json"  # which MLflow parent run a Ray experiment belongs to, for resume
+TIMELINE_FILE = "timeline.json"  # when each trial launched, started, trained and ended
+# Ray saves the search's state (trials, searcher) on the driver and copies it to storage_path
+# every sync_period, 300 s by default: a driver killed outright (SIGKILL, a lost machine) then
+# resumes from minutes ago, forgetting trials it had started since, and proposing them again.
+STATE_SYNC_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,29 @@ def connect_ray(config: Config) -> bool:
     return True
 
 
+def trial_concurrency(config: Config) -> int:
+    """How many trials run at once: max_concurrent, else as many as the cluster's CPUs and GPUs
+    hold, never more than num_samples.
+
+    Ray Tune keeps only one trial pending by default when a searcher proposes them, so trials
+    would start one after another, each waiting for the last one's process to come up. A
+    ConcurrencyLimiter sets the pending limit to its own, and starts them together.
+    """
+    if config.max_concurrent:
+        return min(config.max_concurrent, config.num_samples)
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 0) / config.cpus_per_trial + 1e-9)
+    if config.gpus_per_trial:
+        slots = min(slots, int(resources.get("GPU", 0) / config.gpus_per_trial + 1e-9))
+    if slots < 1:
+        have = f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs"
+        raise UserError(f"the Ray cluster has {have}, too few for one trial with cpus_per_trial="
+                        f"{config.cpus_per_trial:g} and gpus_per_trial={config.gpus_per_trial:g}; Ray would wait "
+                        "for ever. Lower them (gpus_per_trial=0 trains on the CPU), or add nodes and pass "
+                        "max_concurrent.")
+    return min(slots, config.num_samples)
+
+
 def build_tuner(config: Config, trainable, name: str, storage: str, study: Path, callbacks) -> tune.Tuner:
     trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     path = f"{storage.rstrip('/')}/{name}"
@@ -128,18 +158,25 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
         storage=optuna_storage(str(study)),
         max_epochs=config.max_epochs,
     )
-    search_alg = ConcurrencyLimiter(searcher, config.max_concurrent) if config.max_concurrent else searcher
+    concurrency = trial_concurrency(config)
+    mlflow.log_param("concurrent_trials", concurrency)
+    print(f"Search: {config.num_samples} trials, up to {concurrency} at once.", flush=True)
+    search_alg = ConcurrencyLimiter(searcher, concurrency)
     scheduler = ASHAScheduler(time_attr="epoch", max_t=config.max_epochs, grace_period=config.grace_period,
                               reduction_factor=REDUCTION_FACTOR)
     return tune.Tuner(
         trainable,
         param_space=search_space(),
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=config.num_samples),
+                                    num_samples=config.num_samples,
+                                    # A finished trial's process takes the next trial: no new process,
+                                    # imports, data fetch or CUDA start (see tune.trainable.unpacked_data).
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
             callbacks=callbacks,
+            sync_config=tune.SyncConfig(sync_period=STATE_SYNC_SECONDS),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                     checkpoint_score_order="min"),
             failure_config=tune.FailureConfig(max_failures=2),
@@ -148,8 +185,9 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
     )
 
 
-def summarize_trials(results: tune.ResultGrid, max_epochs: int) -> tuple[pd.DataFrame, dict]:
-    """One row per trial for search_results.csv, and the val_loss curves of unstopped trials."""
+def summarize_trials(results: tune.ResultGrid, max_epochs: int, timeline: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """One row per trial for search_results.csv (with its timeline, seconds since the search
+    began), and the val_loss curves of unstopped trials."""
     rows, curves = [], {}
     for result in results:
         history = result.metrics_dataframe
@@ -161,11 +199,16 @@ def summarize_trials(results: tune.ResultGrid, max_epochs: int) -> tuple[pd.Data
             run_id = history["mlflow_run_id"].iloc[-1]
         status = "failed" if result.error else ("finished" if epochs >= max_epochs else "pruned")
         trial = (result.metrics or {}).get("trial_id", f"#{len(rows)}")
+        times = (timeline or {}).get(trial, {})
         rows.append({"trial_id": trial, **(result.config or {}), "status": status, "pruned": status == "pruned",
-                     "epochs": epochs, "best_val_loss": best, "last_val_loss": last, "mlflow_run_id": run_id})
+                     "epochs": epochs, "best_val_loss": best, "last_val_loss": last, "mlflow_run_id": run_id,
+                     **{f"{k}_s": round(times[k], 2) for k in TIMELINE_COLUMNS if k in times}})
         if status == "finished":
             curves[trial] = history.set_index("epoch")["val_loss"]
     return pd.DataFrame(rows), curves
+
+
+TIMELINE_COLUMNS = ("created", "launched", "entered", "ready", "first_epoch", "last_epoch", "ended")
 
 
 def param_importances(study_name: str, study: Path) -> tuple[dict, str]:
@@ -176,9 +219,11 @@ def param_importances(study_name: str, study: Path) -> tuple[dict, str]:
         return {}, f"importances need more finished trials ({exc})"
 
 
-def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str, study: Path) -> dict:
+def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str, study: Path,
+                       search_seconds: float) -> dict:
     """Everything the parent run holds after the search; returns the best trial's figures."""
-    table, curves = summarize_trials(results, config.max_epochs)
+    timeline = read_timeline(study.parent / TIMELINE_FILE)
+    table, curves = summarize_trials(results, config.max_epochs, timeline)
     finished = table[table["status"] != "failed"]
     if finished.empty:
         raise UserError(f"all {len(table)} trials failed; the first error was: {results.errors[0]}. "
@@ -196,7 +241,8 @@ def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str
     mlflow.log_metrics({"best_val_loss": best_val, "best_test_loss": best_test,
                         "trials_finished": int((table["status"] == "finished").sum()),
                         "trials_pruned": int(table["pruned"].sum()),
-                        "trials_failed": int((table["status"] == "failed").sum())})
+                        "trials_failed": int((table["status"] == "failed").sum()),
+                        **timeline_metrics(timeline, search_seconds)})
     importances, note = param_importances(name, study)
     log_figures({
         "parallel_coordinates.png": figures.plot_parallel_coordinates(finished, HYPERPARAMETERS),
@@ -241,14 +287,17 @@ def run(config: Config) -> str:
                 crash_at_epoch=int(os.environ.get("FMAE_TEST_CRASH_AT_EPOCH", "0")),
                 crash_marker=str(study.parent / "crashed-once"),
             )
-            trainable = tune.with_parameters(train_trial, data=data, setup=setup)
+            trainable = tune.with_parameters(train_trial, data=data.pack(), setup=setup)
             status = ChildRunStatus(setup.tracking_uri, config.max_epochs)
-            tuner = build_tuner(config, trainable, name, storage, study, [status])
+            tuner = build_tuner(config, trainable, name, storage, study,
+                                [status, TrialTimeline(study.parent / TIMELINE_FILE)])
+            began = time.perf_counter()
             try:
                 results = tuner.fit()
             finally:
                 close_open_children(MlflowClient(), parent.info.experiment_id, parent.info.run_id)
-            log_search_summary(results, config, data, name, study)
+            drop_lost_trials(MlflowClient(), parent.info.experiment_id, parent.info.run_id, results)
+            log_search_summary(results, config, data, name, study, time.perf_counter() - began)
             write_search_file(study.parent, finished=True)
         finally:
             if started_ray:

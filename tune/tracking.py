@@ -1,5 +1,8 @@
 """Driver-side MLflow bookkeeping for the trials' child runs: their final status."""
 
+import re
+from pathlib import Path
+
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -52,6 +55,32 @@ def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id:
     for run in runs:
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
     return len(runs)
+
+
+def result_trial_id(result) -> str | None:
+    """A Ray Result's trial id: from its reports, else from its folder (NAME_<id>_<n>_...)."""
+    if (result.metrics or {}).get("trial_id"):
+        return result.metrics["trial_id"]
+    match = re.search(r"_([0-9a-f]{5,})_\d+_", Path(result.path).name) if result.path else None
+    return match.group(1) if match else None
+
+
+def drop_lost_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, results) -> int:
+    """Delete the child runs of trials the search no longer has: ones a killed driver started
+    after Ray last saved its state, which the resumed search ran again under new ids (so the
+    parent keeps exactly num_samples trials). Returns how many were deleted."""
+    known = {result_trial_id(result) for result in results}
+    if None in known or len(known) != len(results):  # not every trial accounted for: delete nothing
+        return 0
+    lost = [run for run in child_runs(client, experiment_id, parent_run_id)
+            if run.data.tags.get("ray.trial_id") not in known]
+    for run in lost:
+        client.set_tag(run.info.run_id, "fmae.lost_trial", "true")
+        client.delete_run(run.info.run_id)
+    if lost:
+        print(f"Deleted {len(lost)} child run(s) of trials the interrupted search had started after it last "
+              f"saved its state; the resumed search ran them again: {', '.join(r.info.run_name for r in lost)}.")
+    return len(lost)
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str):

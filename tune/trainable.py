@@ -24,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
 from experiments import train_cae
-from experiments.data import FashionMNIST
+from experiments.data import FashionMNIST, PackedFashionMNIST
 from experiments.tracking import log_figures, log_module
 from experiments.training import fit
 
@@ -98,15 +98,29 @@ def load_checkpoint(checkpoint: tune.Checkpoint) -> dict:
         return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def train_trial(config: dict, data: FashionMNIST, setup: TrialSetup) -> None:
+# The unpacked data of the search this process last served. Ray reuses a trial's process for
+# the next trial (reuse_actors), which then skips the unpacking and the copy to the device.
+_unpacked: dict[tuple[str, str], FashionMNIST] = {}
+
+
+def unpacked_data(packed: PackedFashionMNIST, setup: TrialSetup, device: torch.device) -> FashionMNIST:
+    key = (setup.parent_run_id, str(device))
+    if key not in _unpacked:
+        _unpacked.clear()
+        _unpacked[key] = packed.unpack(device)
+    return _unpacked[key]
+
+
+def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None:
     """Train one CAE with the trial's hyperparameters, reporting and checkpointing every epoch."""
+    entered_at = time.time()
     cae_config = dataclasses.replace(setup.base, **config)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     mlflow.set_tracking_uri(setup.tracking_uri)
     mlflow.set_experiment(experiment_id=setup.experiment_id)  # logged models live in the run's experiment
     client = MlflowClient(setup.tracking_uri)
-    data = data.to(cae_config.torch_device)
+    data = unpacked_data(data, setup, cae_config.torch_device)
     model, optimizer, scheduler = train_cae.build_autoencoder(cae_config)
 
     checkpoint = tune.get_checkpoint()
@@ -122,6 +136,8 @@ def train_trial(config: dict, data: FashionMNIST, setup: TrialSetup) -> None:
     # An attempt that died between logging an epoch and checkpointing it logged that epoch
     # already; the retry recomputes it from the same state and logs each epoch only once.
     logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
+    # Where a trial's time goes, for the search's timeline (tune/timeline.py).
+    timing = {"entered_at": entered_at, "setup_seconds": time.time() - entered_at}
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch not in logged:
@@ -130,9 +146,11 @@ def train_trial(config: dict, data: FashionMNIST, setup: TrialSetup) -> None:
         if epoch == setup.crash_at_epoch and claim_crash(setup.crash_marker):
             os._exit(1)  # simulate a dying worker (tests of fault tolerance)
         if epoch == cae_config.epochs:  # before the last report: the scheduler ends the trial there
+            started = time.time()
             log_trial_artifacts(run_id, model, data, cae_config.seed)
+            timing["artifacts_seconds"] = time.time() - started
         with tempfile.TemporaryDirectory() as folder:
-            tune.report({**metrics, "epoch": epoch, "mlflow_run_id": run_id},
+            tune.report({**metrics, **timing, "epoch": epoch, "mlflow_run_id": run_id},
                         checkpoint=save_checkpoint(folder, model, optimizer, scheduler, epoch, run_id))
 
     fit(model, train_cae.reconstruction_loss, optimizer, data.train, data.val, cae_config.epochs,

@@ -1,0 +1,29 @@
+"""Logged models load the ways users load them, wherever they are loaded."""
+
+import logging
+
+import mlflow
+import numpy as np
+import torch
+
+from experiments.tracking import log_module
+from fmae_models import CAE, CAEConfig
+
+
+def test_a_logged_encoder_loads_with_pyfunc_where_cuda_is_present(tracking, monkeypatch, caplog):
+    """pt2 models are exported on the CPU; MLflow's pyfunc loader used to pick cuda wherever
+    CUDA was present and refuse them ("exported on cpu, can't be loaded on cuda"), and every
+    log_model printed that as "Got error". Here CUDA is made to look present."""
+    config = CAEConfig(n_channels=4, encoded_space_dim=5)
+    encoder = CAE(config).encoder
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level(logging.WARNING), mlflow.start_run():
+        info = log_module(encoder, "encoder", "encoder", {"n_channels": 4, "encoded_space_dim": 5})
+    assert "Got error" not in caplog.text and "Failed to validate" not in caplog.text
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        expected = encoder.eval()(torch.from_numpy(x)).numpy()
+    assert np.allclose(mlflow.pyfunc.load_model(info.model_uri).predict(x), expected, atol=1e-5)
+    with torch.no_grad():
+        graph_output = mlflow.pytorch.load_model(info.model_uri)(torch.from_numpy(x)).numpy()
+    assert np.allclose(graph_output, expected, atol=1e-5)
