@@ -24,7 +24,8 @@ from experiments import plots
 from experiments.config import CommonConfig, config_params
 from experiments.data import CLASS_NAMES, FashionMNIST, Split, load_fashion_mnist
 from experiments.errors import UserError
-from experiments.tracking import check_tracking_server, load_module, log_figures, model_lineage, start_step_run
+from experiments.tracking import (check_tracking_server, load_module, log_dataset, log_figures, model_lineage,
+                                  start_step_run)
 from experiments.train_cae import encode, sample_from_fitted_gaussian
 from experiments.training import seed_everything
 from fmae_models.vae import VAEMeanEncoder
@@ -194,7 +195,7 @@ def run(config: Config) -> str:
     n = min(config.n_points, len(data.test))
     subset = np.sort(np.random.default_rng(config.seed).permutation(len(data.test))[:n])  # same points for both
     with start_step_run("analyze", config_params(config)) as active:
-        mlflow.log_param("data_source", data.source)
+        log_dataset(data)
         for model in models:
             model.encoder.to(config.torch_device)
             if model.decoder is not None:

@@ -169,6 +169,10 @@ def load_fashion_mnist(data_dir: str = "", val_size: int = 10_000, train_subset:
     """
     if train_subset < 0:
         raise UserError(f"train_subset={train_subset} must be 0 (all) or a positive number of images.")
+    if train_subset > N_TRAIN - val_size:
+        raise UserError(f"train_subset={train_subset} is more than the {N_TRAIN - val_size:,} training images "
+                        f"left beside the {val_size:,} held out for validation. Pass at most {N_TRAIN - val_size}, "
+                        "or 0 for all of them.")
     folder = find_data_dir(data_dir)
     full = read_split(folder, "train", N_TRAIN)
     test = read_split(folder, "test", N_TEST)

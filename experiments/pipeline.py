@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from experiments.cli import step_module
 from experiments.config import CommonConfig, check_choice, config_params, parse_config
 from experiments.errors import UserError
-from experiments.tracking import start_step_run, ui_link
+from experiments.tracking import start_step_run
 
 ORDER = ("tune", "finetune", "vae", "analyze")
 # quick: minutes on a laptop CPU, to see every piece work; full: the contract's defaults.
@@ -26,6 +26,12 @@ PROFILES = {
         "analyze": {"n_points": 1000},
     },
     "full": {step: {} for step in ORDER},
+}
+HEADLINES = {  # step -> the metrics of its run that main carries, the study's results at a glance
+    "tune": ("best_test_loss",),
+    "finetune": ("test_accuracy",),
+    "vae": ("test_recon_mse",),
+    "analyze": ("cae_knn_accuracy", "vae_knn_accuracy"),
 }
 REPORT_FIGURES = {  # step -> artifacts shown in report.html
     "tune": ("parallel_coordinates.png", "learning_curves.png", "reconstructions.png"),
@@ -110,12 +116,34 @@ def run(config: Config) -> str:
                 uri = registered_version(runs[step], step_config.register_as)
                 if uri:
                     extra.setdefault("analyze", {})["vae_model_uri"] = uri
+        log_headlines(runs)
         log_report(runs)
         return parent.info.run_id
 
 
+def run_path(run) -> str:
+    """A run's address inside the MLflow UI, relative to wherever the UI is served."""
+    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+
+
+def log_headlines(runs: dict[str, str]) -> None:
+    """The study's headline metrics on the main run, and a description linking each step's run."""
+    client = MlflowClient()
+    lines, metrics = [], {}
+    for step, run_id in runs.items():
+        run = client.get_run(run_id)
+        found = {k: run.data.metrics[k] for k in HEADLINES[step] if k in run.data.metrics}
+        metrics.update(found)
+        figures = ", ".join(f"{k} **{v:.4g}**" for k, v in found.items())
+        lines.append(f"{len(lines) + 1}. [{step}]({run_path(run)}) — {figures}")
+    mlflow.log_metrics(metrics)
+    mlflow.set_tag("mlflow.note.content", "**fmae: the whole study**, one child run per step (newest first "
+                   "in the table; this is their order):\n\n" + "\n".join(lines)
+                   + "\n\nreport.html (Artifacts) has every step's numbers and figures on one page.")
+
+
 def log_report(runs: dict[str, str]) -> None:
-    """report.html: each step's key numbers, its figures inline, and links to its run."""
+    """report.html: each step's key numbers, its figures inline, and where to find its run."""
     client = MlflowClient()
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,8 +159,10 @@ def log_report(runs: dict[str, str]) -> None:
                     continue
                 data = base64.b64encode(Path(path).read_bytes()).decode()
                 images.append(f'<figure><img src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>')
-            sections.append(f'<h2>{step}</h2><p><a href="{ui_link(run_id)}">run {run_id}</a></p>'
-                            f"<table>{metrics}</table>{''.join(images)}")
+            # No links: MLflow's artifact viewer shows this page in a frame where none would work.
+            sections.append(f"<h2>{step}</h2><p>Run <code>{run_id}</code> (<b>{html.escape(run.info.run_name)}</b>): "
+                            "in the MLflow UI, open the <b>main</b> run and its child runs, or search "
+                            f"<code>attributes.run_id = '{run_id}'</code>.</p><table>{metrics}</table>{''.join(images)}")
         page = ("<!doctype html><meta charset='utf-8'><title>fmae report</title>"
                 "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
                 "td{padding:2px 12px}figure{margin:12px 0}</style><h1>fmae: the study, end to end</h1>"

@@ -4,6 +4,7 @@ registry's champion rule, and the link a user opens afterwards."""
 import contextlib
 import json
 import os
+import re
 import tempfile
 import types
 import urllib.error
@@ -21,6 +22,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from experiments.data import FashionMNIST, pack_split
 from experiments.errors import UserError
 from experiments.training import flush_denormals_
 from fmae_models import CAE, VAE, CAEConfig, Classifier, Encoder, VAEConfig
@@ -31,6 +33,7 @@ CHAMPION = "champion"
 RECIPE_FILE = "fmae_model.json"  # what to build: {"kind": ..., "config": {...}}
 WEIGHTS_FILE = "state_dict.pt"  # its weights, read back with weights_only=True
 UI_BASE = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+-\d{1,4}")  # MLflow's own run names: delightful-mule-836
 
 
 def build_module(kind: str, config: dict[str, Any]) -> nn.Module:
@@ -106,6 +109,8 @@ def start_step_run(step: str, params: dict[str, Any], resume_run_id: str | None 
         active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step, nested=nested)
     try:
         mlflow.set_tag("fmae.step", step)
+        if GENERATED_NAME.fullmatch(mlflow.active_run().info.run_name or ""):  # `mlflow run` named it at random
+            mlflow.set_tag("mlflow.runName", step)
         log_new_params(params)
         yield mlflow.get_run(active.info.run_id)
     except KeyboardInterrupt:
@@ -127,6 +132,17 @@ def log_new_params(params: dict[str, Any], run_id: str | None = None) -> None:
     fresh = [Param(k, str(v)) for k, v in params.items() if k not in present]
     if fresh:
         client.log_batch(run_id, params=fresh)
+
+
+def log_dataset(data: FashionMNIST) -> None:
+    """Where the data came from (param data_source), and its three splits as the run's dataset
+    inputs, which the MLflow UI lists in its Datasets column and on each run's page."""
+    mlflow.log_param("data_source", data.source)
+    for context, split in (("training", data.train), ("validation", data.val), ("test", data.test)):
+        packed = pack_split(split)
+        dataset = mlflow.data.from_numpy(packed.images, targets=packed.labels, source=data.source,
+                                         name=f"fashion-mnist-{context}")
+        mlflow.log_input(dataset, context=context)
 
 
 def ui_link(run_id: str) -> str:

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from experiments.config import CommonConfig, check_choice, check_positive, config_params
 from experiments.data import FashionMNIST, Split, load_fashion_mnist
 from experiments.errors import UserError
-from experiments.tracking import log_figures, log_module, start_step_run
+from experiments.tracking import log_dataset, log_figures, log_module, start_step_run
 from experiments.training import (LR_SCHEDULES, OPTIMIZERS, evaluate, fit, make_optimizer, make_scheduler,
                                   seed_everything)
 from fmae_models import CAE, CAEConfig
@@ -122,7 +122,7 @@ def run(config: Config) -> str:
     data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
     data = data.to(config.torch_device)
     with start_step_run("train_cae", config_params(config)) as active:
-        mlflow.log_param("data_source", data.source)
+        log_dataset(data)
         model, optimizer, scheduler = build_autoencoder(config)
         fit(model, reconstruction_loss, optimizer, data.train, data.val, config.epochs, config.batch_size,
             config.seed, report=log_epoch, scheduler=scheduler)

@@ -116,11 +116,13 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> fl
 def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, train: Split, val: Split,
         epochs: int, batch_size: int, seed: int, report: Report, start_epoch: int = 1,
         val_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, loss_name: str = "loss") -> None:
     """Train for epochs start_epoch..epochs, calling report(epoch, metrics) after each.
 
-    metrics: train_loss, val_loss, epoch_seconds, and whatever val_metrics adds. A scheduler
-    steps once per epoch (resuming, pass one already stepped start_epoch - 1 times).
+    metrics: train_<loss_name>, val_<loss_name>, epoch_seconds, and whatever val_metrics adds;
+    one name per kind of loss (the CAE's "loss" is MSE per pixel, the VAE's "elbo" nats per
+    image, the classifier's "nll"), so MLflow's charts never mix units. A scheduler steps once
+    per epoch (resuming, pass one already stepped start_epoch - 1 times).
     """
     on_cuda = next(model.parameters()).is_cuda
     if on_cuda:
@@ -133,7 +135,7 @@ def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, tra
         train_loss = train_epoch(model, loss_fn, optimizer, train, batch_size, epoch_generator(seed, epoch))
         if scheduler is not None:
             scheduler.step()
-        metrics = {"train_loss": train_loss, "val_loss": evaluate(model, loss_fn, val)}
+        metrics = {f"train_{loss_name}": train_loss, f"val_{loss_name}": evaluate(model, loss_fn, val)}
         if val_metrics is not None:
             metrics.update(val_metrics(model))
         metrics["epoch_seconds"] = time.perf_counter() - started

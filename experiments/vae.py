@@ -11,7 +11,7 @@ from experiments import plots
 from experiments.config import CommonConfig, check_positive, config_params
 from experiments.data import FashionMNIST, load_fashion_mnist
 from experiments.errors import UserError
-from experiments.tracking import log_figures, log_module, register_model, start_step_run
+from experiments.tracking import log_dataset, log_figures, log_module, register_model, start_step_run
 from experiments.train_cae import log_epoch, reconstructions_figure
 from experiments.training import evaluate, fit, make_optimizer, seed_everything
 from fmae_models import VAE, VAEConfig, kl_divergence, vae_loss
@@ -43,8 +43,9 @@ class Config(CommonConfig):
 
 
 def elbo_loss(beta: float):
-    """The training objective as the loop wants it: negative ELBO per image (labels unused).
-    In eval mode the VAE decodes the posterior mean, so val_loss is that of z = mean."""
+    """The training objective as the loop wants it: negative ELBO per image (labels unused),
+    logged as train_elbo/val_elbo. In eval mode the VAE decodes the posterior mean, so val_elbo
+    is that of z = mean."""
     def loss_fn(model: VAE, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         recon, mean, logvar = model(images)
         return vae_loss(recon, images, mean, logvar, beta)
@@ -95,12 +96,13 @@ def run(config: Config) -> str:
     data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
     data = data.to(config.torch_device)
     with start_step_run("vae", config_params(config)) as active:
-        mlflow.log_param("data_source", data.source)
+        log_dataset(data)
         seed_everything(config.seed)
         model: nn.Module = VAE(config.model_config).to(config.torch_device)
         optimizer = make_optimizer("adam", model.parameters(), config.lr, weight_decay=0.0, momentum=0.0)
         fit(model, elbo_loss(config.beta), optimizer, data.train, data.val, config.epochs, config.batch_size,
-            config.seed, report=log_epoch)
+            config.seed, report=log_epoch, loss_name="elbo",
+            val_metrics=lambda m: {"val_recon_mse": evaluate(m, recon_mse, data.val)})
         metrics = test_metrics(model, data)
         mlflow.log_metrics(metrics)
         print("  ".join(f"{k} {v:.5f}" for k, v in metrics.items()), flush=True)

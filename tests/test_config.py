@@ -2,7 +2,9 @@
 
 import dataclasses
 
+import mlflow
 import pytest
+import torch
 import yaml
 
 from experiments.cli import STEPS, step_module
@@ -48,3 +50,16 @@ def test_mlproject_matches_the_step_configs():
             assert type(fields[key])(default) == fields[key] if not isinstance(fields[key], bool) \
                 else str(default).lower() == str(fields[key]).lower(), f"{name}.{key}"
             assert f"--{key} {{{key}}}" in entry["command"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("argv,message", [
+    (["train_cae", "--train_subset", "60000"], "more than the 50,000 training images"),
+    (["tune", "--gpus_per_trial", "0.5"], "PyTorch sees none on this machine"),
+])
+def test_inputs_that_cannot_work_exit_2_and_leave_the_store_untouched(tmp_path, tracking, argv, message):
+    result = fmae(argv, tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    experiments = mlflow.search_experiments()
+    assert not mlflow.search_runs([e.experiment_id for e in experiments], output_format="list")

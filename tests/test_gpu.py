@@ -49,7 +49,7 @@ def test_trials_share_the_gpu_four_at_once(study):
     assert tune_run.data.params["concurrent_trials"] == "4"
     assert tune_run.data.metrics["peak_concurrent_trials"] >= 2
     trials = [r for r in study["runs"] if r.data.tags.get("mlflow.parentRunId") == tune_run.info.run_id]
-    assert len(trials) == 4 and all(r.info.status in ("FINISHED", "KILLED") for r in trials)
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
 
 
 @pytest.mark.parametrize("name,out", [("fmae-cae-encoder", 14), ("fmae-classifier", 10)])

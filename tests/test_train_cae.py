@@ -27,6 +27,10 @@ def test_run_finished_with_params_and_one_metric_per_epoch(trained):
     assert val[2] < val[0], f"val_loss did not fall: {val}"
     assert 0 < run.data.metrics["test_loss"] < 0.2
     assert f"runs/{run.info.run_id}?workflowType=machine_learning" in result.stdout
+    inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
+              for i in MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}  # the UI's Datasets column
+    assert inputs["training"].name == "fashion-mnist-training" and run.data.params["data_source"] in inputs["test"].source
 
 
 def test_logged_models_load_and_map_shapes(trained):

@@ -1,6 +1,7 @@
 """The search end to end through `mlflow run . -e tune`, and the searcher's honesty about pruning."""
 
 import dataclasses
+import re
 
 import mlflow
 import optuna
@@ -30,7 +31,8 @@ def search(module_store):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in runs]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    return {"tmp": tmp, "parent": parents[0], "children": children, "runs": runs, "stdout": result.stdout}
+    return {"tmp": tmp, "parent": parents[0], "children": children, "runs": runs, "stdout": result.stdout,
+            "output": result.stdout + result.stderr}
 
 
 def test_one_parent_with_a_child_per_trial(search):
@@ -47,14 +49,27 @@ def test_children_have_per_epoch_metrics_tags_and_honest_status(search):
         assert tags["ray.trial_id"] and len(tags["ray.node_id"]) > 20
         steps = [s for s, _ in metric_history(child.info.run_id, "val_loss")]
         assert steps == list(range(1, len(steps) + 1)) and steps, steps
-        if child.info.status == "FINISHED":
-            assert steps[-1] == SEARCH["max_epochs"]
+        assert child.info.status == "FINISHED", child.info.status  # stopping early is not failing
+        if tags.get("fmae.pruned") == "true":
+            assert steps[-1] < SEARCH["max_epochs"] and tags["fmae.stopped_at_epoch"] == str(steps[-1])
+            assert f"epoch-{steps[-1]} rung" in tags["mlflow.note.content"]
         else:
-            assert child.info.status == "KILLED", child.info.status
-            assert tags.get("fmae.pruned") == "true" and steps[-1] < SEARCH["max_epochs"]
-    statuses = [c.info.status for c in search["children"]]
-    assert "RUNNING" not in statuses
-    assert statuses.count("FINISHED") >= 1 and statuses.count("KILLED") >= 1, statuses
+            assert steps[-1] == SEARCH["max_epochs"]
+    pruned = [c for c in search["children"] if c.data.tags.get("fmae.pruned") == "true"]
+    assert 1 <= len(pruned) < len(search["children"])
+
+
+def test_trials_are_named_short_and_distinct_and_each_holds_an_artifact(search):
+    client = MlflowClient()
+    names = [c.info.run_name for c in search["children"]]
+    assert len(set(names)) == len(names)
+    for child in search["children"]:
+        p = child.data.params
+        assert re.fullmatch(rf"t\d\d-c{p['n_channels']}-d{p['encoded_space_dim']}-{p['optimizer']}(-bn)?",
+                            child.info.run_name), child.info.run_name
+        assert "trial_config.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    best = [c for c in search["children"] if c.data.tags.get("fmae.best_trial") == "true"]
+    assert len(best) == 1 and best[0].data.tags.get("fmae.pruned") != "true"
 
 
 def test_trials_start_together_and_the_search_records_its_timeline(search, tmp_path):
@@ -77,8 +92,9 @@ def test_trials_start_together_and_the_search_records_its_timeline(search, tmp_p
 
 
 @pytest.mark.parametrize("resources,flags,expected", [
-    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.0625}, 16),  # the GPU machine: 16 trials share the GPU
-    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.125}, 8),
+    # the GPU machine's cluster (ray_address: a GPU there, whatever this machine has): 16 trials share it
+    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.0625, "ray_address": "auto"}, 16),
+    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.125, "ray_address": "auto"}, 8),
     ({"CPU": 2.0}, {}, 2),
     ({"CPU": 2.0}, {"cpus_per_trial": 0.5}, 4),
     ({"CPU": 64.0}, {}, 20),  # never more than num_samples
@@ -91,8 +107,22 @@ def test_trial_concurrency_follows_the_cluster(monkeypatch, resources, flags, ex
 
 def test_a_gpu_per_trial_without_a_gpu_is_refused_not_waited_for(monkeypatch):
     monkeypatch.setattr(search_module.ray, "cluster_resources", lambda: {"CPU": 2.0})
-    with pytest.raises(UserError, match="0 GPUs.*gpus_per_trial=0.5"):
-        search_module.trial_concurrency(search_module.Config(gpus_per_trial=0.5))
+    with pytest.raises(UserError, match="0 GPUs.*gpus_per_trial=0.5"):  # a cluster with none
+        search_module.trial_concurrency(search_module.Config(gpus_per_trial=0.5, ray_address="auto"))
+    monkeypatch.setattr(search_module.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="PyTorch sees none on this machine"):  # this machine, before any run
+        search_module.Config(gpus_per_trial=0.5)
+
+
+def test_the_console_says_one_line_per_trial_and_little_else(search):
+    output = search["output"]
+    for noise in ("Downloading artifacts", "Trial status:", "Token authentication", "A new study created",
+                  "Got error", "Traceback"):
+        assert noise not in output, noise
+    lines = [line for line in output.splitlines() if re.match(r"\[\d+/6\] trial t\d\d-", line)]
+    assert len(lines) == 6, output[-3000:]
+    assert "left" in lines[0] and "best so far" in lines[-1]
+    assert "Search: 6 trials, up to 4 at once." in output
 
 
 def test_first_trials_are_the_start_points(search, tmp_path):
@@ -144,7 +174,7 @@ def test_pruned_trials_are_pruned_in_the_optuna_study(search):
     (summary,) = optuna.get_all_study_summaries(study_uri)
     study = optuna.load_study(study_name=summary.study_name, storage=study_uri)
     states = {t.params["optimizer"] + str(t.params["lr"]): t.state.name for t in study.trials}
-    killed = [c for c in search["children"] if c.info.status == "KILLED"]
+    killed = [c for c in search["children"] if c.data.tags.get("fmae.pruned") == "true"]
     for child in killed:
         key = child.data.params["optimizer"] + str(float(child.data.params["lr"]))
         assert states[key] == "PRUNED"

@@ -29,14 +29,17 @@ def test_run_finished_with_losses_per_epoch_and_test_figures(trained):
     run, _ = trained
     assert run.info.status == "FINISHED"
     assert run.data.params["beta"] == "1.0" and run.data.params["encoded_space_dim"] == str(DIM)
-    for key in ("train_loss", "val_loss"):
+    for key in ("train_elbo", "val_elbo", "val_recon_mse"):
         assert [step for step, _ in metric_history(run.info.run_id, key)] == [1, 2, 3]
-    val = [v for _, v in metric_history(run.info.run_id, "val_loss")]
-    assert val[2] < val[0], f"val_loss did not fall: {val}"
+    assert "train_loss" not in run.data.metrics and "val_loss" not in run.data.metrics  # the CAE's, per pixel
+    val = [v for _, v in metric_history(run.info.run_id, "val_elbo")]
+    assert val[2] < val[0], f"val_elbo did not fall: {val}"
+    recon = [v for _, v in metric_history(run.info.run_id, "val_recon_mse")]
+    assert 0 < recon[-1] < 0.2  # per pixel, the CAE's val_loss scale
     mse, kl = run.data.metrics["test_recon_mse"], run.data.metrics["test_kl"]
     assert math.isfinite(mse) and 0 < mse < 0.2
     assert math.isfinite(kl) and kl >= 0
-    # val_loss is summed per image (nats); the per-pixel MSE is what compares with the CAE.
+    # val_elbo is summed per image (nats); the per-pixel MSE is what compares with the CAE.
     assert val[-1] > 784 * mse
 
 

@@ -12,6 +12,7 @@ import mlflow
 import optuna
 import pandas as pd
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -21,13 +22,13 @@ from experiments import train_cae
 from experiments.config import CommonConfig, check_positive, config_params
 from experiments.data import load_fashion_mnist
 from experiments.errors import UserError
-from experiments.tracking import log_figures, register_model, start_step_run, tracking_uri
+from experiments.tracking import log_dataset, log_figures, register_model, start_step_run, tracking_uri
 from experiments.training import evaluate
 from fmae_models import CAE, CAEConfig
 from tune import figures
 from tune.searcher import PruningAwareOptunaSearch, optuna_storage
 from tune.space import SEED_BEST, START_POINTS, search_space
-from tune.timeline import TrialTimeline, read_timeline, timeline_metrics
+from tune.timeline import TrialProgress, TrialTimeline, read_timeline, timeline_metrics
 from tune.trainable import TrialSetup, load_checkpoint, train_trial
 from tune.tracking import ChildRunStatus, close_open_children, drop_lost_trials
 
@@ -54,6 +55,7 @@ class Config(CommonConfig):
     storage_path: str = ""  # Ray's results and checkpoints ("" = ~/ray_results); shared storage on a cluster
     resume: bool = False  # continue the interrupted search kept under storage_path
     register_as: str = "fmae-cae-encoder"  # registered model that receives the best encoder
+    verbose: bool = False  # Ray's trial table every 30 s as well as fmae's line per finished trial
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,6 +66,10 @@ class Config(CommonConfig):
                             "ASHA needs grace_period <= max_epochs.")
         if not self.register_as:
             raise UserError("register_as must name the registered model that receives the best encoder.")
+        if self.gpus_per_trial and not self.ray_address and not torch.cuda.is_available():
+            raise UserError(f"gpus_per_trial={self.gpus_per_trial:g} asks for a GPU, but PyTorch sees none on this "
+                            "machine, so Ray would wait for ever. Use gpus_per_trial=0 here, or join a cluster "
+                            "with GPUs through ray_address.")
 
 
 def storage_root(config: Config) -> str:
@@ -106,11 +112,15 @@ def connect_ray(config: Config) -> bool:
     """Join the cluster at ray_address, or start Ray here. Returns whether we started it."""
     if ray.is_initialized():
         return False
+    if not config.ray_address:
+        # A Ray started here keeps token authentication, Ray's default, without a warning each time.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         # "local" starts a fresh Ray here even when a `ray start` cluster runs on this machine
         # (a bare ray.init() would silently join it).
         ray.init(address=config.ray_address or "local", include_dashboard=False, configure_logging=True,
-                 logging_level="warning")
+                 logging_level="warning",
+                 runtime_env={"env_vars": {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"could not reach the Ray cluster at ray_address={config.ray_address!r} ({exc}). "
                         "Start it with `ray start --head`, check the address, or leave ray_address empty "
@@ -162,6 +172,7 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
     mlflow.log_param("concurrent_trials", concurrency)
     print(f"Search: {config.num_samples} trials, up to {concurrency} at once.", flush=True)
     search_alg = ConcurrencyLimiter(searcher, concurrency)
+    callbacks = [*callbacks, TrialProgress(config.num_samples, concurrency, config.max_epochs)]
     scheduler = ASHAScheduler(time_attr="epoch", max_t=config.max_epochs, grace_period=config.grace_period,
                               reduction_factor=REDUCTION_FACTOR)
     return tune.Tuner(
@@ -180,7 +191,7 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                     checkpoint_score_order="min"),
             failure_config=tune.FailureConfig(max_failures=2),
-            verbose=1,
+            verbose=1 if config.verbose else 0,
         ),
     )
 
@@ -257,6 +268,8 @@ def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str
 
     info = train_cae.log_autoencoder(model)
     trial_run = best.metrics.get("mlflow_run_id", "")
+    if trial_run:
+        MlflowClient().set_tag(trial_run, "fmae.best_trial", "true")
     register_model(info.model_uri, config.register_as, mlflow.active_run().info.run_id, ("test_loss", best_test),
                    higher_is_better=False,
                    tags={"val_loss": best_val, "fmae.trial_run_id": trial_run, **{k: best.config[k] for k in HYPERPARAMETERS}})
@@ -272,6 +285,7 @@ def run(config: Config) -> str:
     interrupted = find_interrupted_search(storage) if config.resume else None
     data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
     with start_step_run("tune", config_params(config), interrupted and interrupted["parent_run_id"]) as parent:
+        log_dataset(data)
         started_ray = connect_ray(config)
         try:
             name = interrupted["name"] if interrupted else f"fmae-tune-{parent.info.run_id[:12]}"

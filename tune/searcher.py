@@ -22,6 +22,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created or trial told
+
+
 def optuna_storage(path: str) -> optuna.storages.RDBStorage:
     """A persistent study (sqlite), browsable with `optuna-dashboard sqlite:///PATH`."""
     return optuna.storages.RDBStorage(f"sqlite:///{path}")

@@ -91,3 +91,45 @@ def timeline_metrics(trials: dict[str, dict[str, float]], search_seconds: float)
     if setups:
         metrics["median_trial_setup_seconds"] = setups[len(setups) // 2]
     return metrics
+
+
+class TrialProgress(Callback):
+    """The console's view of a search: one line per trial that ends, with the best so far and
+    an estimate of the time left (Ray's own trial table comes back with verbose=true)."""
+
+    def __init__(self, num_samples: int, concurrency: int, max_epochs: int):
+        self.num_samples, self.concurrency, self.max_epochs = num_samples, concurrency, max_epochs
+        self.began = time.time()
+        self.best = float("inf")
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, time.time())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial, "")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, "FAILED")
+
+    def _ended(self, trial, failure: str) -> None:
+        result = trial.last_result or {}
+        epochs, val_loss = result.get("epoch", 0), result.get("val_loss", float("nan"))
+        if not failure and val_loss == val_loss:  # not NaN
+            self.best = min(self.best, val_loss)
+        self.durations.append(time.time() - self.started.get(trial.trial_id, self.began))
+        done = len(self.durations)
+        left = max(self.num_samples - done, 0)
+        # Trials still to run, at the mean length of those that ended, `concurrency` at a time.
+        eta = sum(self.durations) / done * -(-left // self.concurrency) if left else 0.0
+        outcome = failure or ("ran to the end" if epochs >= self.max_epochs else f"stopped early at epoch {epochs}")
+        name = result.get("mlflow_run_name", trial.trial_id)
+        print(f"[{done}/{self.num_samples}] trial {name}: {outcome}, val_loss {val_loss:.5f}, "
+              f"best so far {self.best:.5f}; {format_seconds(time.time() - self.began)} elapsed"
+              + (f", ~{format_seconds(eta)} left" if left else ""), flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"

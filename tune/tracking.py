@@ -5,15 +5,17 @@ from pathlib import Path
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from ray.tune import Callback
 
 PRUNED_TAG = "fmae.pruned"
 
 
 class ChildRunStatus(Callback):
-    """FINISHED for trials that ran max_epochs, KILLED (tag fmae.pruned=true) for trials the
-    scheduler stopped, FAILED for trials that broke. Trials tell us their run id in results."""
+    """FINISHED for trials that ran max_epochs and for trials the scheduler stopped (those tagged
+    fmae.pruned=true and fmae.stopped_at_epoch, and saying so in their description: stopping
+    early is the search working, and MLflow's red cross for KILLED reads as a failure), FAILED
+    for trials that broke. Trials tell us their run id in results."""
 
     def __init__(self, tracking_uri: str, max_epochs: int):
         self.tracking_uri = tracking_uri
@@ -32,12 +34,16 @@ class ChildRunStatus(Callback):
         if run_id is None:
             return
         epochs = (trial.last_result or {}).get("epoch", 0)
-        if epochs >= self.max_epochs:
-            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        else:
+        if epochs < self.max_epochs:
+            val_loss = (trial.last_result or {}).get("val_loss", float("nan"))
             self.client.set_tag(run_id, PRUNED_TAG, "true")
             self.client.set_tag(run_id, "fmae.stopped_at_epoch", str(epochs))
-            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            self.client.set_tag(run_id, MLFLOW_RUN_NOTE, (
+                f"**Stopped early by the scheduler (ASHA) at the epoch-{epochs} rung** of {self.max_epochs}: "
+                f"its val_loss {val_loss:.5f} was not among the best of the trials that had reached "
+                f"epoch {epochs}. Stopping early is the search working, not a failure; the trials that "
+                "ran to the end hold the models and plots."))
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_ids.get(trial.trial_id)

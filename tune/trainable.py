@@ -10,6 +10,7 @@ scheduler stopped the trial.
 import dataclasses
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +44,15 @@ class TrialSetup:
     crash_marker: str = ""  # tests only: the file whose creation claims that one crash
 
 
+def trial_run_name(context, config: dict) -> str:
+    """Short and distinct in MLflow's table: the trial's number and its architecture,
+    e.g. t03-c32-d14-adam-bn (Ray's own names, train_trial_<id>, are cut to train_trial_...)."""
+    number = re.search(r"_(\d+)_", Path(context.get_trial_dir()).name.removeprefix(context.get_trial_name()))
+    prefix = f"t{int(number.group(1)):02d}" if number else context.get_trial_id()
+    return (f"{prefix}-c{config['n_channels']}-d{config['encoded_space_dim']}-{config['optimizer']}"
+            + ("-bn" if config.get("batch_norm") else ""))
+
+
 def child_run_for_trial(client: MlflowClient, setup: TrialSetup, config: dict) -> str:
     """The trial's child run: the one an earlier attempt made (a retry, a resumed search), else a new one."""
     context = tune.get_context()
@@ -55,18 +65,22 @@ def child_run_for_trial(client: MlflowClient, setup: TrialSetup, config: dict) -
         client.update_run(earlier[0].info.run_id, status="RUNNING")
         client.set_tag(earlier[0].info.run_id, "ray.node_id", ray.get_runtime_context().get_node_id())
         return earlier[0].info.run_id
+    name = trial_run_name(context, config)
     run = client.create_run(
         setup.experiment_id,
-        run_name=context.get_trial_name(),
+        run_name=name,
         tags={
             MLFLOW_PARENT_RUN_ID: setup.parent_run_id,
-            MLFLOW_RUN_NAME: context.get_trial_name(),
+            MLFLOW_RUN_NAME: name,
+            "ray.trial_name": context.get_trial_name(),
             "ray.trial_id": context.get_trial_id(),
             "ray.node_id": ray.get_runtime_context().get_node_id(),
             "fmae.step": "tune-trial",
         },
     )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
+    # Every trial holds an artifact, stopped ones too: MLflow's Compare page fails on runs without any.
+    client.log_dict(run.info.run_id, {k: v for k, v in config.items()}, "trial_config.json")
     return run.info.run_id
 
 
@@ -137,7 +151,8 @@ def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> No
     # already; the retry recomputes it from the same state and logs each epoch only once.
     logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
     # Where a trial's time goes, for the search's timeline (tune/timeline.py).
-    timing = {"entered_at": entered_at, "setup_seconds": time.time() - entered_at}
+    timing = {"entered_at": entered_at, "setup_seconds": time.time() - entered_at,
+              "mlflow_run_name": client.get_run(run_id).info.run_name}
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch not in logged:
