@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 import types
+import warnings
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -140,8 +141,10 @@ def log_dataset(data: FashionMNIST) -> None:
     mlflow.log_param("data_source", data.source)
     for context, split in (("training", data.train), ("validation", data.val), ("test", data.test)):
         packed = pack_split(split)
-        dataset = mlflow.data.from_numpy(packed.images, targets=packed.labels, source=data.source,
-                                         name=f"fashion-mnist-{context}")
+        with warnings.catch_warnings():  # a folder path "can be interpreted in multiple ways": any is right
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(packed.images, targets=packed.labels, source=data.source,
+                                             name=f"fashion-mnist-{context}")
         mlflow.log_input(dataset, context=context)
 
 

@@ -2,6 +2,7 @@
 one MLflow parent run with a child run per trial; the best encoder goes to the registry."""
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -113,8 +114,9 @@ def connect_ray(config: Config) -> bool:
     if ray.is_initialized():
         return False
     if not config.ray_address:
-        # A Ray started here keeps token authentication, Ray's default, without a warning each time.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # A Ray started here keeps token authentication, Ray's default, without warning that it does.
+        # (Setting RAY_AUTH_MODE=token here instead breaks ray.init: its client reads the mode at import.)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         # "local" starts a fresh Ray here even when a `ray start` cluster runs on this machine
         # (a bare ray.init() would silently join it).
