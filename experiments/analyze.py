@@ -10,7 +10,6 @@ logged beside it (`runs:/<source run>/cae` or `/vae`), checked to hold the same 
 import sys
 from dataclasses import dataclass
 
-import mlflow
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
@@ -21,17 +20,16 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from experiments import plots
-from experiments.config import CommonConfig, config_params
-from experiments.data import CLASS_NAMES, FashionMNIST, Split, load_fashion_mnist
+from experiments.config import CommonConfig
+from experiments.data import CLASS_NAMES, FashionMNIST, Split
 from experiments.errors import UserError
-from experiments.tracking import (check_tracking_server, load_module, log_dataset, log_figures, model_lineage,
-                                  start_step_run)
-from experiments.train_cae import encode, sample_from_fitted_gaussian
-from experiments.training import seed_everything
-from fmae_models.vae import VAEMeanEncoder
+from experiments.step import open_step
+from experiments.tracking import load_module, model_lineage, source_run_id
+from experiments.training import predict
+from fmae_models import VAEMeanEncoder, sample_fitted_gaussian, sample_prior
 
+STEP = "analyze"
 N_NEIGHBOURS = 5  # k of the kNN probe of the latent space
-N_SAMPLES = 32  # generated images per model
 N_STEPS = 10  # images per interpolation strip, both ends included
 PAIRS = ((0, 3), (7, 9), (2, 8))  # T-shirt -> Dress, Sneaker -> Ankle boot, Pullover -> Bag
 MIN_POINTS = 50  # t-SNE and the silhouette need a few points of each class
@@ -64,14 +62,6 @@ class Autoencoder:
     encoder: nn.Module
     decoder: nn.Module | None
     decoder_uri: str  # where the decoder came from, or why there is none
-
-
-def source_run_id(model_uri: str) -> str | None:
-    """The run that logged model_uri, for any URI form (runs:/, models:/NAME@ALIAS, models:/m-...)."""
-    try:
-        return mlflow.models.get_model_info(model_uri).run_id
-    except Exception:  # the model itself loaded, so only its provenance is unknown
-        return model_lineage(model_uri).get("fmae.source_run_id") or None
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -128,14 +118,6 @@ def embed_2d(codes: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def prior_samples(decoder: nn.Module, dim: int, n: int, seed: int) -> torch.Tensor:
-    """Decode n draws from the VAE's prior N(0, I)."""
-    z = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
-    decoder.eval()
-    return decoder(z.to(next(decoder.parameters()).device))
-
-
-@torch.no_grad()
 def interpolation_strips(model: Autoencoder, test: Split) -> tuple[torch.Tensor, list[str]]:
     """Decode evenly spaced points on the segment between the codes of two test images, per PAIRS."""
     model.encoder.eval()
@@ -143,10 +125,10 @@ def interpolation_strips(model: Autoencoder, test: Split) -> tuple[torch.Tensor,
     labels = test.labels.cpu()
     first = {k: int(torch.nonzero(labels == k)[0, 0]) for k in {k for pair in PAIRS for k in pair} if (labels == k).any()}
     pairs = [(a, b) for a, b in PAIRS if a in first and b in first]
-    t = torch.linspace(0, 1, N_STEPS, device=test.images.device)[:, None]  # (S, 1)
+    t = torch.linspace(0, 1, N_STEPS, device=test.inputs.device)[:, None]  # (S, 1)
     strips = []
     for a, b in pairs:
-        z = model.encoder(test.images[[first[a], first[b]]])  # (2, d)
+        z = model.encoder(test.inputs[[first[a], first[b]]])  # (2, d)
         strips.append(model.decoder((1 - t) * z[0] + t * z[1]))  # (S, d) -> (S, 1, 28, 28)
     return torch.stack(strips), [f"{CLASS_NAMES[a]}\n-> {CLASS_NAMES[b]}" for a, b in pairs]
 
@@ -154,11 +136,11 @@ def interpolation_strips(model: Autoencoder, test: Split) -> tuple[torch.Tensor,
 def analyze_model(model: Autoencoder, data: FashionMNIST, subset: np.ndarray, seed: int):
     """One model's metrics and figures, keyed as they are logged."""
     name, label = model.name, model.name.upper()
-    train_codes, test_codes = encode(model.encoder, data.train), encode(model.encoder, data.test)
+    train_codes, test_codes = predict(model.encoder, data.train).cpu(), predict(model.encoder, data.test).cpu().numpy()
     train_labels, test_labels = data.train.labels.cpu().numpy(), data.test.labels.cpu().numpy()
     codes, labels = test_codes[subset], test_labels[subset]
     metrics = {
-        f"{name}_knn_accuracy": knn_accuracy(train_codes, train_labels, test_codes, test_labels),
+        f"{name}_knn_accuracy": knn_accuracy(train_codes.numpy(), train_labels, test_codes, test_labels),
         f"{name}_silhouette": float(silhouette_score(codes, labels)),
     }
     figures = {}
@@ -167,11 +149,12 @@ def analyze_model(model: Autoencoder, data: FashionMNIST, subset: np.ndarray, se
         figures[f"{name}_{slug}.png"] = plots.plot_latent_2d(
             points, labels, f"{label} latent space ({len(codes)} test images, {method})")
     if model.decoder is not None:
+        generator = torch.Generator().manual_seed(seed)
         if name == "vae":
-            samples = prior_samples(model.decoder, test_codes.shape[1], N_SAMPLES, seed)
+            samples = sample_prior(model.decoder, plots.N_SAMPLES, generator)
             title = "VAE samples: decoded draws from the prior N(0, I)"
         else:
-            samples = sample_from_fitted_gaussian(model.decoder, train_codes, N_SAMPLES, seed)
+            samples = sample_fitted_gaussian(model.decoder, train_codes, plots.N_SAMPLES, generator)
             title = "CAE samples: decoded draws from a Gaussian fitted to its training codes"
         figures[f"{name}_samples.png"] = plots.plot_image_grid(samples, title)
         strips, row_labels = interpolation_strips(model, data.test)
@@ -187,22 +170,16 @@ def lineage_tags(model: Autoencoder) -> dict[str, str]:
 
 
 def run(config: Config) -> str:
-    check_tracking_server()
     models = [load_autoencoder("cae", config.cae_model_uri), load_autoencoder("vae", config.vae_model_uri)]
-    data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
-    data = data.to(config.torch_device)
-    seed_everything(config.seed)
-    n = min(config.n_points, len(data.test))
-    subset = np.sort(np.random.default_rng(config.seed).permutation(len(data.test))[:n])  # same points for both
-    with start_step_run("analyze", config_params(config)) as active:
-        log_dataset(data)
+    with open_step(STEP, config) as step:
+        n = min(config.n_points, len(step.data.test))
+        subset = np.sort(np.random.default_rng(config.seed).permutation(len(step.data.test))[:n])  # same points for both
         for model in models:
-            model.encoder.to(config.torch_device)
+            model.encoder.to(step.device)
             if model.decoder is not None:
-                model.decoder.to(config.torch_device)
-            mlflow.set_tags(lineage_tags(model))
-            metrics, figures = analyze_model(model, data, subset, config.seed)
-            mlflow.log_metrics(metrics)
-            print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
-            log_figures(figures)
-        return active.info.run_id
+                model.decoder.to(step.device)
+            step.run.set_tags(lineage_tags(model))
+            metrics, figures = analyze_model(model, step.data, subset, config.seed)
+            step.run.log_metrics(metrics)
+            step.run.log_figures(figures)
+        return step.run_id

@@ -1,38 +1,52 @@
-"""`fmae NAME --key value`: the console command and the MLproject entry points share it."""
+"""`fmae NAME --key value`: the console command and the MLproject entry points share it.
+
+A step is a module of experiments/ or tune/ that says `STEP = "name"` and defines a frozen
+`Config` dataclass and `run(config) -> run_id`. Steps are found by that line, without
+importing them (the search lives in tune/, which builds on experiments/ and is not imported
+by it), and imported only when asked for.
+"""
 
 import importlib
 import os
+import re
 import sys
 import traceback
+from functools import cache
+from pathlib import Path
 
-from experiments.config import parse_config
 from experiments.errors import UserError
 
-# Steps by name, imported only when asked for: the search lives in tune/, which builds on
-# experiments/ and is not imported by it.
-STEPS = {
-    "train_cae": "experiments.train_cae",
-    "tune": "tune.search",
-    "finetune": "experiments.finetune",
-    "vae": "experiments.vae",
-    "analyze": "experiments.analyze",
-    "main": "experiments.pipeline",
-}
-USAGE = f"usage: fmae {{{','.join(STEPS)}}} [--name value ...]   (fmae NAME --help lists a step's parameters)"
+PACKAGES = ("experiments", "tune")
+STEP_LINE = re.compile(r'^STEP = "(\w+)"$', re.M)
+
+
+@cache
+def steps() -> dict[str, str]:
+    """Step name -> module, for every step module in PACKAGES."""
+    root = Path(__file__).resolve().parents[1]
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).glob("*.py")):
+            match = STEP_LINE.search(path.read_text())
+            if match:
+                found[match.group(1)] = f"{package}.{path.stem}"
+    return found
+
+
+def usage() -> str:
+    return f"usage: fmae {{{','.join(steps())}}} [--name value ...]   (fmae NAME --help lists a step's parameters)"
 
 
 def step_module(name: str):
-    if name not in STEPS:
-        raise UserError(f"there is no step {name!r}. The steps are: {', '.join(STEPS)}.")
-    return importlib.import_module(STEPS[name])
+    if name not in steps():
+        raise UserError(f"there is no step {name!r}. The steps are: {', '.join(steps())}.")
+    return importlib.import_module(steps()[name])
 
 
 def run_step(name: str, argv: list[str]):
     """Parse argv for step name and run it; returns what the step returns."""
     module = step_module(name)
-    parse = getattr(module, "parse", None)  # main reads every step's parameters itself
-    config = parse(argv) if parse else parse_config(module.Config, argv, prog=f"fmae {name}")
-    return module.run(config)
+    return module.run(module.Config.from_argv(argv, prog=f"fmae {name}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow draws a progress bar for every artifact download: two per model load, dozens a study.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
     try:
         run_step(argv[0], argv[1:])

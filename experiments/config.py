@@ -3,15 +3,19 @@ console command and the MLproject entry points."""
 
 import argparse
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints
 
 import torch
 
+from experiments.data import check_train_subset
 from experiments.errors import UserError
 
 C = TypeVar("C")
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+FIELD_COMMENT = re.compile(r"^\s+(\w+):[^#\n]*=[^#\n]*#\s*(.+)$", re.M)  # `name: type = default  # why`
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class CommonConfig:
 
     def __post_init__(self):
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
-        check_positive(self, "train_subset", allow_zero=True)
+        check_train_subset(self.train_subset)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserError("device=cuda was asked for but PyTorch sees no CUDA device here. Use device=auto or device=cpu.")
 
@@ -33,8 +37,13 @@ class CommonConfig:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
+    @classmethod
+    def from_argv(cls: type[C], argv: list[str], prog: str = "fmae") -> C:
+        """The config a step's command line asks for; a UserError before any work if it is wrong."""
+        return parse_config(cls, argv, prog)
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+
+def check_choice(name: str, value: str, choices) -> None:
     if value not in choices:
         raise UserError(f"{name}={value!r} is not one of {', '.join(choices)}. Pick one of those.")
 
@@ -47,6 +56,11 @@ def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
             raise UserError(f"{name}={value} must be {bound}.")
 
 
+def check_named(config: Any, name: str, example: str) -> None:
+    if not getattr(config, name):
+        raise UserError(f"{name} must name the registered model, e.g. {name}={example}.")
+
+
 def parse_bool(text: str) -> bool:
     if text.lower() in TRUE:
         return True
@@ -56,20 +70,31 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_value(kind: type, text: str) -> Any:
-    if kind is bool:
-        return parse_bool(text)
-    return kind(text)
+    return parse_bool(text) if kind is bool else kind(text)
 
 
-def parse_config(cls: type[C], argv: list[str], prog: str = "fmae") -> C:
-    """Build cls from `--key value` flags; unknown keys and wrong types are a UserError."""
+def field_types(cls: type) -> dict[str, type]:
     hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's why-comment, from the dataclass and the ones it builds on: `--help` text."""
+    help_ = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass) and klass.__module__ != "builtins":
+            help_.update(FIELD_COMMENT.findall(inspect.getsource(klass)))
+    return help_
+
+
+def parse_flags(types: dict[str, type], argv: list[str], prog: str, help_: dict[str, str] | None = None,
+                unknown_hint: str = "") -> dict[str, Any]:
+    """`--name value` (or --name=value, --dashed-name) flags, typed: {name: value} for those given."""
     parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False, add_help=True)
-    for field in dataclasses.fields(cls):
-        flags = [f"--{field.name}"]
-        if "_" in field.name:
-            flags.append(f"--{field.name.replace('_', '-')}")
-        parser.add_argument(*flags, dest=field.name, default=None, metavar=hints[field.name].__name__.upper())
+    for name, kind in types.items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        parser.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(),
+                            help=(help_ or {}).get(name, "").replace("%", "%%"))
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:
@@ -77,17 +102,26 @@ def parse_config(cls: type[C], argv: list[str], prog: str = "fmae") -> C:
             raise
         raise UserError(f"could not read the arguments {argv} of {prog}; flags take the form --name value.") from None
     if unknown:
-        known = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise UserError(f"{prog} does not take {' '.join(unknown)!r}. Its parameters are: {known}.")
+        raise UserError(f"{prog} does not take {' '.join(unknown)!r}{unknown_hint or '. Its parameters are: ' + ', '.join(types)}.")
     values = {}
     for name, text in vars(args).items():
         if text is None:
             continue
         try:
-            values[name] = parse_value(hints[name], text)
+            values[name] = parse_value(types[name], text)
         except ValueError:
-            raise UserError(f"{name}={text!r} is not a valid {hints[name].__name__}.") from None
-    return cls(**values)
+            raise UserError(f"{name}={text!r} is not a valid {types[name].__name__}.") from None
+    return values
+
+
+def parse_config(cls: type[C], argv: list[str], prog: str = "fmae") -> C:
+    """Build cls from `--key value` flags; unknown keys and wrong types are a UserError."""
+    return cls(**parse_flags(field_types(cls), argv, prog, field_help(cls)))
+
+
+def sub_config(config: Any, cls: type[C]) -> C:
+    """The part of config that is a cls (a step's config holds its model's fields by name)."""
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
 def config_params(config: Any) -> dict[str, Any]:

@@ -25,21 +25,23 @@ FILES = {
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 DOWNLOAD_DIR = Path("data")
 N_TRAIN, N_TEST = 60_000, 10_000
+VAL_SIZE = 10_000  # the seeded hold-out of the training set
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # the idx headers of uint8 3-D and 1-D arrays
 
 
 @dataclass
 class Split:
-    """Images (N, 1, 28, 28) float32 in [0, 1] and labels (N,) int64, on one device."""
+    """Inputs and labels (N,) int64, on one device. The inputs are images (N, 1, 28, 28)
+    float32 in [0, 1], or, for a frozen encoder's head, their codes (N, d)."""
 
-    images: torch.Tensor
+    inputs: torch.Tensor
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device | str) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.inputs.to(device), self.labels.to(device))
 
 
 @dataclass
@@ -86,7 +88,7 @@ class PackedFashionMNIST:
 
 def pack_split(split: Split) -> PackedSplit:
     """Exact: every pixel is k/255 for a whole k."""
-    images = split.images.squeeze(1).mul(255.0).round_().to(torch.uint8)  # (N, 1, 28, 28) -> (N, 28, 28)
+    images = split.inputs.squeeze(1).mul(255.0).round_().to(torch.uint8)  # (N, 1, 28, 28) -> (N, 28, 28)
     return PackedSplit(images.cpu().numpy(), split.labels.to(torch.uint8).cpu().numpy())
 
 
@@ -161,18 +163,22 @@ def read_split(folder: Path, kind: str, count: int) -> Split:
     return Split(x, torch.from_numpy(labels.astype(np.int64)))
 
 
-def load_fashion_mnist(data_dir: str = "", val_size: int = 10_000, train_subset: int = 0, seed: int = 0) -> FashionMNIST:
-    """Train, validation (a seeded hold-out of the training set) and test splits.
-
-    train_subset > 0 keeps only that many training images (validation stays as large, up to
-    what the training set leaves); the test split is always the full 10,000.
-    """
+def check_train_subset(train_subset: int, val_size: int = VAL_SIZE) -> None:
     if train_subset < 0:
         raise UserError(f"train_subset={train_subset} must be 0 (all) or a positive number of images.")
     if train_subset > N_TRAIN - val_size:
         raise UserError(f"train_subset={train_subset} is more than the {N_TRAIN - val_size:,} training images "
                         f"left beside the {val_size:,} held out for validation. Pass at most {N_TRAIN - val_size}, "
                         "or 0 for all of them.")
+
+
+def load_fashion_mnist(data_dir: str = "", val_size: int = VAL_SIZE, train_subset: int = 0, seed: int = 0) -> FashionMNIST:
+    """Train, validation (a seeded hold-out of the training set) and test splits.
+
+    train_subset > 0 keeps only that many training images (validation stays as large, up to
+    what the training set leaves); the test split is always the full 10,000.
+    """
+    check_train_subset(train_subset, val_size)
     folder = find_data_dir(data_dir)
     full = read_split(folder, "train", N_TRAIN)
     test = read_split(folder, "test", N_TEST)
@@ -180,7 +186,7 @@ def load_fashion_mnist(data_dir: str = "", val_size: int = 10_000, train_subset:
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_subset:
         train_idx = train_idx[:train_subset]
-    pick = lambda idx: Split(full.images[idx], full.labels[idx])  # noqa: E731
+    pick = lambda idx: Split(full.inputs[idx], full.labels[idx])  # noqa: E731
     return FashionMNIST(pick(train_idx), pick(val_idx), test, str(folder))
 
 
@@ -188,10 +194,10 @@ def iterate_batches(split: Split, batch_size: int, generator: torch.Generator | 
     """Batches cut from tensors already in memory; shuffled when a generator is given."""
     n = len(split)
     if generator is not None:
-        order = torch.randperm(n, generator=generator).to(split.images.device)
+        order = torch.randperm(n, generator=generator).to(split.inputs.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            yield split.images[idx], split.labels[idx]
+            yield split.inputs[idx], split.labels[idx]
     else:
         for start in range(0, n, batch_size):
-            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+            yield split.inputs[start : start + batch_size], split.labels[start : start + batch_size]

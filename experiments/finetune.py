@@ -8,22 +8,21 @@ baseline the seed compared against).
 
 from dataclasses import dataclass
 
-import mlflow
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from experiments import plots
-from experiments.config import CommonConfig, check_choice, check_positive, config_params
-from experiments.data import CLASS_NAMES, Split, load_fashion_mnist
+from experiments.config import CommonConfig, check_choice, check_named, check_positive
+from experiments.data import CLASS_NAMES, Split
 from experiments.errors import UserError
-from experiments.tracking import (build_module, check_tracking_server, load_module, log_dataset, log_figures,
-                                  log_module, model_lineage, register_model, start_step_run)
-from experiments.train_cae import encode, log_epoch
-from experiments.training import EVAL_BATCH, accuracy, fit, make_optimizer, make_scheduler, seed_everything
+from experiments.step import open_step
+from experiments.tracking import build_module, load_module, model_lineage
+from experiments.training import accuracy, fit, make_optimizer, make_scheduler, predict
 from fmae_models import Classifier
 
+STEP = "finetune"
 MODES = ("frozen", "full", "scratch")
 AUGMENTATIONS = ("none", "flip")
 
@@ -47,6 +46,7 @@ class Config(CommonConfig):
             raise UserError(f"augment={self.augment!r} needs mode=full or scratch: mode=frozen trains the head "
                             "on codes computed once, so there are no images to augment.")
         check_positive(self, "epochs", "lr", "batch_size", "encoder_lr_factor")
+        check_named(self, "register_as", "fmae-classifier")
 
 
 def nll_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -65,35 +65,31 @@ def flipped_nll_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     return nll_loss(model, random_flip(inputs) if model.training else inputs, labels)
 
 
-def build_classifier(config: Config) -> tuple[Classifier, dict]:
-    """The seed's classifier around model_uri's encoder: its weights, or (scratch) its shape only."""
-    encoder, _, encoder_config = load_module(config.model_uri, kinds=("encoder",))
-    seed_everything(config.seed)  # the head's (and, scratch, the encoder's) initialisation
-    if config.mode == "scratch":
+def build_classifier(encoder: nn.Module, encoder_config: dict, mode: str) -> Classifier:
+    """The seed's classifier around encoder: its weights, or (scratch) its shape only. Seed first."""
+    if mode == "scratch":
         encoder = build_module("encoder", encoder_config)
     model = Classifier(encoder, encoder_config["encoded_space_dim"])
-    if config.mode == "frozen":
+    if mode == "frozen":
         model.freeze_encoder()
-    return model.to(config.torch_device), encoder_config
+    return model
 
 
 def make_classifier_optimizer(model: Classifier, config: Config) -> torch.optim.Optimizer:
     if config.mode == "frozen":
-        return make_optimizer("adam", model.head.parameters(), config.lr, 0.0, 0.0)
+        return make_optimizer("adam", model.head.parameters(), config.lr)
     encoder_lr = config.lr * (config.encoder_lr_factor if config.mode == "full" else 1.0)
     groups = [{"params": model.encoder.parameters(), "lr": encoder_lr}, {"params": model.head.parameters()}]
-    return make_optimizer("adam", groups, config.lr, 0.0, 0.0)
+    return make_optimizer("adam", groups, config.lr)
 
 
 def encode_split(encoder: nn.Module, split: Split) -> Split:
-    """The encoder's features of split, computed once, on split's device."""
-    return Split(torch.from_numpy(encode(encoder, split)).to(split.images.device), split.labels)
+    """The encoder's codes of split, computed once, on split's device."""
+    return Split(predict(encoder, split), split.labels)
 
 
 def standardize(split: Split, mean: torch.Tensor, std: torch.Tensor) -> Split:
-    return Split((split.images - mean) / std, split.labels)
-
-
+    return Split((split.inputs - mean) / std, split.labels)
 @torch.no_grad()
 def fold_standardization(linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
     """Make linear(f) equal the trained linear((f - mean) / std): the logged head takes raw codes."""
@@ -119,7 +115,7 @@ def train(model: Classifier, config: Config, train_split: Split, val: Split, rep
     learner = model
     if config.mode in ("frozen", "full"):
         codes = encode_split(model.encoder, train_split)
-        mean, std = codes.images.mean(0), codes.images.std(0).clamp_min(1e-6)
+        mean, std = codes.inputs.mean(0), codes.inputs.std(0).clamp_min(1e-6)
     if config.mode == "frozen":
         train_split = standardize(codes, mean, std)
         val = standardize(encode_split(model.encoder, val), mean, std)
@@ -135,11 +131,9 @@ def train(model: Classifier, config: Config, train_split: Split, val: Split, rep
         fold_standardization(model.head[0], mean, std)
 
 
-@torch.no_grad()
 def confusion_matrix(model: nn.Module, split: Split) -> np.ndarray:
     """Counts (10, 10): true class as row, predicted as column."""
-    model.eval()
-    predicted = torch.cat([model(split.images[i : i + EVAL_BATCH]).argmax(1) for i in range(0, len(split), EVAL_BATCH)])
+    predicted = predict(model, split).argmax(1)
     pairs = split.labels.cpu() * len(CLASS_NAMES) + predicted.cpu()
     return np.bincount(pairs.numpy(), minlength=len(CLASS_NAMES) ** 2).reshape(len(CLASS_NAMES), -1)
 
@@ -152,27 +146,23 @@ def per_class_table(matrix: np.ndarray) -> dict[str, list]:
 
 
 def run(config: Config) -> str:
-    check_tracking_server()  # before load_module, which would otherwise retry a dead server for minutes
-    model, encoder_config = build_classifier(config)  # a bad model_uri fails here, before any run starts
-    data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
-    data = data.to(config.torch_device)
-    with start_step_run("finetune", config_params(config)) as active:
+    encoder, _, encoder_config = load_module(config.model_uri, kinds=("encoder",))  # a bad model_uri fails before any run
+    with open_step(STEP, config) as step:
         lineage = model_lineage(config.model_uri)
         tags = {**lineage, "fmae.mode": config.mode,
                 "fmae.encoder_init": "random" if config.mode == "scratch" else "pretrained"}
-        mlflow.set_tags(tags)
-        log_dataset(data)
-        mlflow.log_params({f"encoder_{k}": v for k, v in encoder_config.items()})
+        step.run.set_tags(tags)
+        step.run.log_params({f"encoder_{k}": v for k, v in encoder_config.items()})
         print(f"finetune mode={config.mode} on {config.model_uri} ({lineage.get('fmae.source_model', 'unregistered')})")
-        train(model, config, data.train, data.val, report=log_epoch)
-        matrix = confusion_matrix(model, data.test)
-        metrics = {"test_accuracy": float(np.trace(matrix) / matrix.sum())}
-        mlflow.log_metrics(metrics)
-        mlflow.log_table(per_class_table(matrix), "per_class_accuracy.json")
-        print(f"test_accuracy {metrics['test_accuracy']:.4f}")
-        title = f"Confusion matrix (test set), mode={config.mode}, accuracy {metrics['test_accuracy']:.3f}"
-        log_figures({"confusion_matrix.png": plots.plot_confusion_matrix(matrix, title)})
-        info = log_module(model, "classifier", "classifier", encoder_config)
-        register_model(info.model_uri, config.register_as, active.info.run_id,
-                       ("test_accuracy", metrics["test_accuracy"]), higher_is_better=True, tags=tags)
-        return active.info.run_id
+        model = build_classifier(encoder, encoder_config, config.mode).to(step.device)
+        train(model, config, step.data.train, step.data.val, report=step.run.log_epoch)
+        matrix = confusion_matrix(model, step.data.test)
+        test_accuracy = float(np.trace(matrix) / matrix.sum())
+        step.run.log_metrics({"test_accuracy": test_accuracy})
+        step.run.log_table(per_class_table(matrix), "per_class_accuracy.json")
+        title = f"Confusion matrix (test set), mode={config.mode}, accuracy {test_accuracy:.3f}"
+        step.run.log_figures({"confusion_matrix.png": plots.plot_confusion_matrix(matrix, title)})
+        info = step.run.log_model(model, "classifier", "classifier", encoder_config)
+        step.run.register(info.model_uri, config.register_as, ("test_accuracy", test_accuracy),
+                          higher_is_better=True, tags=tags)
+        return step.run_id

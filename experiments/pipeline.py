@@ -7,18 +7,19 @@ import html
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import mlflow
-from mlflow.tracking import MlflowClient
+from typing import Any
 
 from experiments.cli import step_module
-from experiments.config import CommonConfig, check_choice, config_params, parse_config
-from experiments.errors import UserError
-from experiments.tracking import start_step_run
+from experiments.config import CommonConfig, check_choice, config_params, field_help, field_types, parse_flags
+from experiments.step import open_step
+from experiments.tracking import StepRun, download_artifact, get_run, registered_version
 
+STEP = "main"
+# The study, in order: a step joins it with its name here. Each later step starts from the
+# models the earlier ones registered in this run (see chain_models).
 ORDER = ("tune", "finetune", "vae", "analyze")
 # quick: minutes on a laptop CPU, to see every piece work; full: the contract's defaults.
-PROFILES = {
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "tune": {"train_subset": 20_000, "num_samples": 6, "max_epochs": 6, "grace_period": 2},
         "finetune": {"train_subset": 20_000, "epochs": 5},
@@ -44,81 +45,73 @@ REPORT_FIGURES = {  # step -> artifacts shown in report.html
 @dataclass(frozen=True)
 class Config(CommonConfig):
     profile: str = "quick"  # quick (minutes, subsets) or full (the contract's defaults, full data)
-    overrides: tuple = ()  # other steps' parameters given to main, as (name, text) pairs
+    overrides: tuple = ()  # other steps' parameters given to main, as typed (name, value) pairs
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("profile", self.profile, tuple(PROFILES))
 
-
-def parse(argv: list[str]) -> Config:
-    """main's own flags, plus any step's parameter, which goes to every step that takes it."""
-    own = {f.name for f in dataclasses.fields(CommonConfig)} | {"profile"}
-    step_fields = {name: {f.name for f in dataclasses.fields(step_module(name).Config)} for name in ORDER}
-    mine, overrides, i = [], [], 0
-    while i < len(argv):
-        flag = argv[i]
-        key, _, inline = flag[2:].partition("=") if flag.startswith("--") else ("", "", "")
-        key = key.replace("-", "_")
-        value = inline if inline else (argv[i + 1] if i + 1 < len(argv) else None)
-        if not key or value is None:
-            raise UserError(f"fmae main: could not read {flag!r}; flags take the form --name value.")
-        if key in own:
-            mine += [f"--{key}", value]
-        elif any(key in fields for fields in step_fields.values()):
-            overrides.append((key, value))
-        else:
-            raise UserError(f"fmae main does not take --{key}: no step has that parameter.")
-        i += 1 if inline else 2
-    config = dataclasses.replace(parse_config(Config, mine, prog="fmae main"), overrides=tuple(overrides))
-    step_configs(config)  # reject bad values before any work starts
-    return config
+    @classmethod
+    def from_argv(cls, argv: list[str], prog: str = "fmae main") -> "Config":
+        """main's own flags, plus any step's parameter, typed once here; it goes to every step
+        that takes it. Every step's config is built (and checked) before any work starts."""
+        own = {k: v for k, v in field_types(cls).items() if k != "overrides"}
+        steps, help_ = {}, {}
+        for name in ORDER:
+            step_cls = step_module(name).Config
+            help_ = {**field_help(step_cls), **help_}
+            for key, kind in field_types(step_cls).items():
+                if steps.setdefault(key, kind) is not kind:
+                    raise TypeError(f"steps disagree on the type of {key}")  # a programming error: fix the configs
+        values = parse_flags({**steps, **own}, argv, prog, {**help_, **field_help(cls)},
+                             unknown_hint=": no step has that parameter")
+        config = cls(**{k: v for k, v in values.items() if k in own},
+                     overrides=tuple((k, v) for k, v in values.items() if k not in own))
+        for step in ORDER:
+            step_config(config, step)
+        return config
 
 
-def step_argv(config: Config, step: str, extra: dict[str, str]) -> list[str]:
-    fields = {f.name for f in dataclasses.fields(step_module(step).Config)}
-    values = {k: str(v) for k, v in PROFILES[config.profile][step].items()}
-    values.update({k: str(getattr(config, k)) for k in ("data_dir", "seed", "device")})
-    if config.train_subset:
-        values["train_subset"] = str(config.train_subset)
-    values.update(extra)
-    values.update({k: v for k, v in config.overrides if k in fields})
-    return [token for k, v in values.items() if k in fields for token in (f"--{k}", v)]
+def step_config(config: Config, step: str, chained: dict[str, Any] | None = None):
+    """step's config in this study: the profile's values, main's common flags, models this run
+    registered (chained), then what the user gave main; checked by the step's own Config."""
+    cls = step_module(step).Config
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {**PROFILES[config.profile].get(step, {}),
+              **{k: getattr(config, k) for k in ("data_dir", "seed", "device")},
+              **({"train_subset": config.train_subset} if config.train_subset else {}),
+              **(chained or {}), **dict(config.overrides)}
+    return cls(**{k: v for k, v in values.items() if k in fields})
 
 
-def step_configs(config: Config, extra: dict[str, dict[str, str]] | None = None) -> dict:
-    return {step: parse_config(step_module(step).Config, step_argv(config, step, (extra or {}).get(step, {})),
-                               prog=f"fmae main ({step})") for step in ORDER}
-
-
-def registered_version(run_id: str, name: str) -> str | None:
-    """models:/NAME/VERSION of what run_id registered as name, if it did."""
-    versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    mine = [v for v in versions if v.tags.get("fmae.run_id") == run_id]
-    return f"models:/{name}/{max(int(v.version) for v in mine)}" if mine else None
+def chain_models(registered: dict[str, str], cls) -> dict[str, str]:
+    """A later step's model URIs that default to a name@champion this run registered a version
+    of: pinned to that version, so the study uses its own models even if they lost the alias."""
+    chained = {}
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, str) and f.default.startswith("models:/") and "@" in f.default:
+            name = f.default[len("models:/"):].split("@", 1)[0]
+            if name in registered:
+                chained[f.name] = registered[name]
+    return chained
 
 
 def run(config: Config) -> str:
-    with start_step_run("main", {"profile": config.profile, **config_params(config), "overrides": dict(config.overrides)}) as parent:
-        given = {k for k, _ in config.overrides}
-        runs, extra = {}, {}
+    params = {"profile": config.profile, **config_params(config), "overrides": dict(config.overrides)}
+    with open_step(STEP, config, data=False, params=params) as main:
+        runs, registered = {}, {}
         for step in ORDER:
-            step_config = step_configs(config, extra)[step]
+            module = step_module(step)
+            step_cfg = step_config(config, step, chain_models(registered, module.Config))
             print(f"\n=== fmae main: {step} ===", flush=True)
-            runs[step] = step_module(step).run(step_config)
-            # Later steps start from the models this pipeline just registered, unless told otherwise.
-            if step == "tune" and "model_uri" not in given:
-                uri = registered_version(runs[step], step_config.register_as)
-                extra["finetune"] = {"model_uri": uri} if uri else {}
-                if uri and "cae_model_uri" not in given:
-                    extra.setdefault("analyze", {})["cae_model_uri"] = uri
-            if step == "vae" and "vae_model_uri" not in given:
-                uri = registered_version(runs[step], step_config.register_as)
-                if uri:
-                    extra.setdefault("analyze", {})["vae_model_uri"] = uri
-        log_headlines(runs)
-        log_report(runs)
-        return parent.info.run_id
+            runs[step] = module.run(step_cfg)
+            name = getattr(step_cfg, "register_as", "")
+            version = registered_version(runs[step], name) if name else None
+            if version:
+                registered[name] = version
+        log_headlines(main.run, runs)
+        log_report(main.run, runs)
+        return main.run_id
 
 
 def run_path(run) -> str:
@@ -126,38 +119,35 @@ def run_path(run) -> str:
     return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
 
 
-def log_headlines(runs: dict[str, str]) -> None:
+def log_headlines(main: StepRun, runs: dict[str, str]) -> None:
     """The study's headline metrics on the main run, and a description linking each step's run."""
-    client = MlflowClient()
     lines, metrics = [], {}
     for step, run_id in runs.items():
-        run = client.get_run(run_id)
-        found = {k: run.data.metrics[k] for k in HEADLINES[step] if k in run.data.metrics}
+        run = get_run(run_id)
+        found = {k: run.data.metrics[k] for k in HEADLINES.get(step, ()) if k in run.data.metrics}
         metrics.update(found)
         figures = ", ".join(f"{k} **{v:.4g}**" for k, v in found.items())
         lines.append(f"{len(lines) + 1}. [{step}]({run_path(run)}) — {figures}")
-    mlflow.log_metrics(metrics)
-    mlflow.set_tag("mlflow.note.content", "**fmae: the whole study**, one child run per step (newest first "
+    main.log_metrics(metrics)
+    main.describe("**fmae: the whole study**, one child run per step (newest first "
                    "in the table; this is their order):\n\n" + "\n".join(lines)
                    + "\n\nreport.html (Artifacts) has every step's numbers and figures on one page.")
 
 
-def log_report(runs: dict[str, str]) -> None:
+def log_report(main: StepRun, runs: dict[str, str]) -> None:
     """report.html: each step's key numbers, its figures inline, and where to find its run."""
-    client = MlflowClient()
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         for step, run_id in runs.items():
-            run = client.get_run(run_id)
+            run = get_run(run_id)
             metrics = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
                               for k, v in sorted(run.data.metrics.items()) if not k.startswith("epoch"))
             images = []
-            for name in REPORT_FIGURES[step]:
-                try:
-                    path = client.download_artifacts(run_id, name, tmp)
-                except Exception:  # noqa: BLE001 - a missing figure is left out of the report
+            for name in REPORT_FIGURES.get(step, ()):
+                path = download_artifact(run_id, name, tmp)
+                if path is None:  # a missing figure is left out of the report
                     continue
-                data = base64.b64encode(Path(path).read_bytes()).decode()
+                data = base64.b64encode(path.read_bytes()).decode()
                 images.append(f'<figure><img src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>')
             # No links: MLflow's artifact viewer shows this page in a frame where none would work.
             sections.append(f"<h2>{step}</h2><p>Run <code>{run_id}</code> (<b>{html.escape(run.info.run_name)}</b>): "
@@ -169,4 +159,4 @@ def log_report(runs: dict[str, str]) -> None:
                 + "".join(sections))
         path = Path(tmp, "report.html")
         path.write_text(page)
-        mlflow.log_artifact(str(path))
+        main.log_artifact(path)

@@ -8,7 +8,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.data import CLASS_NAMES  # noqa: E402
+from experiments.data import CLASS_NAMES, Split  # noqa: E402
+
+N_SAMPLES = 32  # generated images in a samples figure
+
+
+@torch.no_grad()
+def reconstructions_figure(model: torch.nn.Module, test: Split, n: int = 10) -> plt.Figure:
+    """The first test image of each class above model's reconstruction of it (model: image -> image)."""
+    model.eval()
+    labels = test.labels.cpu()
+    idx = torch.stack([torch.nonzero(labels == k)[0, 0] for k in range(n)])
+    images = test.inputs[idx.to(test.inputs.device)]
+    return plot_reconstructions(images, model(images))
 
 
 def plot_reconstructions(images: torch.Tensor, recon: torch.Tensor, title: str = "") -> plt.Figure:

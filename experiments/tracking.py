@@ -2,10 +2,12 @@
 registry's champion rule, and the link a user opens afterwards."""
 
 import contextlib
+import importlib
 import json
 import os
 import re
 import tempfile
+import time
 import types
 import warnings
 import urllib.error
@@ -17,7 +19,7 @@ from typing import Any, Iterator
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Param, Run
+from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -37,8 +39,9 @@ UI_BASE = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+-\d{1,4}")  # MLflow's own run names: delightful-mule-836
 
 
-def build_module(kind: str, config: dict[str, Any]) -> nn.Module:
-    """An untrained module of one of the kinds fmae logs."""
+def build_module(kind: str, config: dict[str, Any], classes: tuple[str, str] = ("", "")) -> nn.Module:
+    """An untrained module of one of the kinds fmae logs; of any other kind, the fmae_models
+    class recorded with it, built from its recorded config class: Model(ModelConfig(**config))."""
     if kind == "cae":
         return CAE(CAEConfig(**config))
     if kind == "encoder":
@@ -49,6 +52,10 @@ def build_module(kind: str, config: dict[str, Any]) -> nn.Module:
         return VAE(VAEConfig(**config))
     if kind == "vae_encoder":
         return VAEMeanEncoder(VAE(VAEConfig(**config)))
+    if all(name.startswith("fmae_models.") for name in classes):  # only our own classes
+        model_cls, config_cls = (getattr(importlib.import_module(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1])
+                                 for name in classes)
+        return model_cls(config_cls(**config))
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -177,6 +184,60 @@ def log_figures(figures: dict, run_id: str | None = None) -> None:
         plt.close(figure)
 
 
+class StepRun:
+    """One MLflow run as a step (or a search trial) writes to it: metrics per epoch and at the
+    end, params, tags, tables, figures and models. Steps reach MLflow only through this."""
+
+    def __init__(self, run_id: str, echo: bool = True):
+        self.run_id, self.echo = run_id, echo
+        self.client = MlflowClient()
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """One batch; echoed as one line (an epoch's: `epoch   3  train_loss ...`)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+        if self.echo:
+            prefix = f"epoch {step:3d}  " if step is not None else ""
+            print(prefix + "  ".join(f"{k} {v:.5g}" for k, v in metrics.items()), flush=True)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """The training loop's report(epoch, metrics): `step` = epoch, 1-based."""
+        self.log_metrics(metrics, step=epoch)
+
+    def logged_epochs(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        log_new_params(params, self.run_id)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def describe(self, markdown: str) -> None:
+        """The run's description in the UI (its Overview's Description box)."""
+        self.client.set_tag(self.run_id, "mlflow.note.content", markdown)
+
+    def log_table(self, table: dict[str, list], name: str) -> None:
+        self.client.log_table(self.run_id, table, name)
+
+    def log_dict(self, values: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, values, name)
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def log_figures(self, figures: dict) -> None:
+        log_figures(figures, run_id=self.run_id)
+
+    def log_model(self, model: nn.Module, name: str, kind: str, config: dict[str, Any]):
+        return log_module(model, name, kind, config, run_id=self.run_id)
+
+    def register(self, model_uri: str, name: str, score: tuple[str, float], higher_is_better: bool,
+                 tags: dict[str, Any] | None = None):
+        return register_model(model_uri, name, self.run_id, score, higher_is_better, tags)
+
+
 # --- models --------------------------------------------------------------------------------
 
 def example_images(n: int = 4) -> np.ndarray:
@@ -213,7 +274,8 @@ def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], r
     outputs = y[0] if isinstance(y, tuple) else y  # the VAE's first output is its reconstruction
     with tempfile.TemporaryDirectory() as tmp:
         recipe, weights = Path(tmp, RECIPE_FILE), Path(tmp, WEIGHTS_FILE)
-        recipe.write_text(json.dumps({"kind": kind, "config": config}))
+        classes = [f"{type(x).__module__}.{type(x).__qualname__}" for x in (model, getattr(model, "config", None))]
+        recipe.write_text(json.dumps({"kind": kind, "classes": classes, "config": config}))
         torch.save(model.state_dict(), weights)
         return mlflow.models.Model.log(
             artifact_path=None,
@@ -236,6 +298,7 @@ def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], r
 def load_module(model_uri: str, kinds: tuple[str, ...] | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
     """Rebuild the trainable module behind any MLflow model URI fmae logged
     (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/NAME, models:/m-...)."""
+    check_tracking_server()  # a dead server fails in seconds, not after minutes of retries
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except (MlflowException, OSError) as exc:
@@ -251,11 +314,38 @@ def load_module(model_uri: str, kinds: tuple[str, ...] | None = None) -> tuple[n
     if kinds is not None and recipe["kind"] not in kinds:
         article = "an" if kinds[0][0] in "aeiou" else "a"
         raise UserError(f"model_uri={model_uri!r} is a {recipe['kind']}; this step needs {article} {' or '.join(kinds)}.")
-    module = build_module(recipe["kind"], recipe["config"])
+    module = build_module(recipe["kind"], recipe["config"], tuple(recipe.get("classes", ("", ""))))
     state = torch.load(recipe_path.parent / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     module.load_state_dict(state)
     flush_denormals_(module)  # models logged before log_module flushed them
     return module, recipe["kind"], recipe["config"]
+
+
+def source_run_id(model_uri: str) -> str | None:
+    """The run that logged model_uri, for any URI form (runs:/, models:/NAME@ALIAS, models:/m-...)."""
+    try:
+        return mlflow.models.get_model_info(model_uri).run_id
+    except Exception:  # the model itself loaded, so only its provenance is unknown
+        return model_lineage(model_uri).get("fmae.source_run_id") or None
+
+
+def registered_version(run_id: str, name: str) -> str | None:
+    """models:/NAME/VERSION of what run_id registered as name, if it did."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    mine = [v for v in versions if v.tags.get("fmae.run_id") == run_id]
+    return f"models:/{name}/{max(int(v.version) for v in mine)}" if mine else None
+
+
+def get_run(run_id: str) -> Run:
+    return MlflowClient().get_run(run_id)
+
+
+def download_artifact(run_id: str, path: str, folder: str) -> Path | None:
+    """A run's artifact, copied into folder; None if the run has no such artifact."""
+    try:
+        return Path(MlflowClient().download_artifacts(run_id, path, folder))
+    except (MlflowException, OSError):
+        return None
 
 
 def model_lineage(model_uri: str) -> dict[str, str]:

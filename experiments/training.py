@@ -13,11 +13,17 @@ import torch
 from torch import nn
 
 from experiments.data import Split, iterate_batches
-from experiments.errors import UserError
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Report = Callable[[int, dict[str, float]], None]
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# The seed's optimisers. momentum applies to sgd and rmsprop; rmsprop has no fused kernel
+# (foreach, the default, batches it).
+OPTIMIZERS = {
+    "adam": (torch.optim.Adam, False, True),  # (class, takes momentum, has a fused kernel)
+    "adamw": (torch.optim.AdamW, False, True),
+    "sgd": (torch.optim.SGD, True, True),
+    "rmsprop": (torch.optim.RMSprop, True, False),
+}
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_BATCH = 2048  # no gradients kept, so evaluation can take larger batches
 
@@ -45,32 +51,23 @@ def flush_denormals_(module: nn.Module) -> int:
     return flushed
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    """The seed's optimisers; momentum applies to sgd and rmsprop only."""
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.0) -> torch.optim.Optimizer:
+    """One of OPTIMIZERS (names are checked where configs are parsed)."""
+    cls, takes_momentum, has_fused = OPTIMIZERS[name]
     params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
     first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
-    # On a GPU a step of these small models is bound by kernel launches: fused optimisers
-    # update every tensor in one kernel instead of several per tensor.
-    fused = {"fused": True} if first.is_cuda else {}
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, **fused)
-    if name == "rmsprop":  # no fused kernel; foreach (the default) batches it
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
-    raise UserError(f"optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}.")
+    options = {"momentum": momentum} if takes_momentum else {}
+    if has_fused and first.is_cuda:
+        # On a GPU a step of these small models is bound by kernel launches: fused optimisers
+        # update every tensor in one kernel instead of several per tensor.
+        options["fused"] = True
+    return cls(params, lr=lr, weight_decay=weight_decay, **options)
 
 
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int):
-    """Per-epoch learning-rate schedule: cosine annealing lets the last epochs settle the
-    weights (Loshchilov & Hutter, SGDR, 2017); constant keeps lr throughout."""
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if name == "constant":
-        return None
-    raise UserError(f"lr_schedule={name!r} is not one of {', '.join(LR_SCHEDULES)}.")
+    """Per-epoch learning-rate schedule, one of LR_SCHEDULES: cosine annealing lets the last
+    epochs settle the weights (Loshchilov & Hutter, SGDR, 2017); constant keeps lr throughout."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs) if name == "cosine" else None
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -82,9 +79,9 @@ def train_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimi
                 batch_size: int, generator: torch.Generator) -> float:
     """One pass over split; the mean loss per example."""
     model.train()
-    total, seen = torch.zeros((), device=split.images.device), 0
-    for images, labels in iterate_batches(split, batch_size, generator):
-        loss = loss_fn(model, images, labels)
+    total, seen = torch.zeros((), device=split.inputs.device), 0
+    for inputs, labels in iterate_batches(split, batch_size, generator):
+        loss = loss_fn(model, inputs, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -95,22 +92,28 @@ def train_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimi
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, split: Split, batch_size: int = EVAL_BATCH) -> float:
-    """Mean loss per example over split, in eval mode."""
+    """Mean of loss_fn per example over split, in eval mode."""
     model.eval()
-    total = torch.zeros((), device=split.images.device)
-    for images, labels in iterate_batches(split, batch_size):
-        total += loss_fn(model, images, labels) * len(labels)
+    total = torch.zeros((), device=split.inputs.device)
+    for inputs, labels in iterate_batches(split, batch_size):
+        total += loss_fn(model, inputs, labels) * len(labels)
     return float(total) / max(len(split), 1)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> float:
-    """Fraction of split a log-probability model labels correctly."""
+def predict(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """model's outputs for all of split, in eval mode, batched: codes, log-probabilities, images."""
     model.eval()
-    correct = torch.zeros((), device=split.images.device)
-    for images, labels in iterate_batches(split, batch_size):
-        correct += (model(images).argmax(1) == labels).sum()
-    return float(correct) / max(len(split), 1)
+    return torch.cat([model(inputs) for inputs, _ in iterate_batches(split, batch_size)])
+
+
+def correct_fraction(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of a batch a log-probability model labels correctly; evaluate() makes it an accuracy."""
+    return (model(inputs).argmax(1) == labels).float().mean()
+
+
+def accuracy(model: nn.Module, split: Split) -> float:
+    return evaluate(model, correct_fraction, split)
 
 
 def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, train: Split, val: Split,

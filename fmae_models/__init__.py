@@ -1,8 +1,8 @@
 """Plain-PyTorch models of the study: the CAE, the VAE and the classifier head."""
 
-from fmae_models.cae import CAE, CAEConfig, Decoder, Encoder
+from fmae_models.cae import CAE, CAEConfig, Decoder, Encoder, sample_fitted_gaussian
 from fmae_models.classifier import Classifier
-from fmae_models.vae import VAE, VAEConfig, kl_divergence, vae_loss
+from fmae_models.vae import VAE, VAEConfig, VAEMeanEncoder, kl_divergence, sample_prior, vae_loss
 
 __all__ = [
     "CAE",
@@ -12,6 +12,9 @@ __all__ = [
     "Encoder",
     "VAE",
     "VAEConfig",
+    "VAEMeanEncoder",
     "kl_divergence",
+    "sample_fitted_gaussian",
+    "sample_prior",
     "vae_loss",
 ]

@@ -22,6 +22,18 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def conv_stack(c: int, batch_norm: bool) -> nn.Sequential:
+    """The encoders' three stride-2 convs, c -> 2c -> 4c channels: (B, 1, 28, 28) -> (B, 4c, 3, 3).
+    Without batch_norm, the seed's CAE layers and state-dict keys; with it, the seed's VAE's."""
+    layers = []
+    for n_in, n_out, padding in ((1, c, 2), (c, 2 * c, 1), (2 * c, 4 * c, 0)):  # 28 -> 15 -> 8 -> 3
+        layers.append(nn.Conv2d(n_in, n_out, 3, stride=2, padding=padding))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(n_out))
+        layers.append(nn.ReLU(True))
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Module):
     """(B, 1, 28, 28) in [0, 1] -> (B, encoded_space_dim)."""
 
@@ -29,13 +41,7 @@ class Encoder(nn.Module):
         super().__init__()
         c = config.n_channels
         self.config = config
-        layers = []
-        for n_in, n_out, padding in ((1, c, 2), (c, 2 * c, 1), (2 * c, 4 * c, 0)):  # 28 -> 15 -> 8 -> 3
-            layers.append(nn.Conv2d(n_in, n_out, 3, stride=2, padding=padding))
-            if config.batch_norm:
-                layers.append(nn.BatchNorm2d(n_out))
-            layers.append(nn.ReLU(True))
-        self.conv = nn.Sequential(*layers)  # without batch_norm, the seed's layers and state-dict keys
+        self.conv = conv_stack(c, config.batch_norm)
         self.fc = nn.Sequential(
             nn.Linear(36 * c, 64),
             nn.ReLU(True),
@@ -89,3 +95,15 @@ class CAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+
+@torch.no_grad()
+def sample_fitted_gaussian(decoder: Decoder, codes: torch.Tensor, n: int,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """A CAE has no prior: decode n draws from a Gaussian fitted to its codes (N, d): (n, 1, 28, 28)."""
+    codes = codes.detach().double().cpu()
+    cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], dtype=torch.float64)  # dead dims: still positive definite
+    eps = torch.randn(n, codes.shape[1], generator=generator, dtype=torch.float64)  # (n, d)
+    z = codes.mean(0) + eps @ torch.linalg.cholesky(cov).T  # (n, d) with the codes' mean and covariance
+    decoder.eval()
+    return decoder(z.float().to(next(decoder.parameters()).device))

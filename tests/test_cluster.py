@@ -16,8 +16,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
+from ray.tune import Callback
 
 from tests.helpers import assert_png, fmae, metric_history, subprocess_env
+from tune import search
 
 pytestmark = pytest.mark.slow
 SMALL = ["--num_samples", "4", "--max_epochs", "3", "--grace_period", "3", "--train_subset", "2000"]
@@ -64,15 +66,31 @@ def two_nodes():
     cluster.shutdown()
 
 
+class KillOneWorker(Callback):
+    """A dying worker: the first trial to report `epoch` has its process killed (SIGKILL), once."""
+
+    def __init__(self, epoch: int, marker: Path):
+        self.epoch, self.marker = epoch, str(marker)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("epoch") == self.epoch and not os.path.exists(self.marker):
+            Path(self.marker).write_text(f"{trial.trial_id} {result['pid']}")
+            os.kill(result["pid"], signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def cluster_search(tmp_path_factory, mlflow_server, two_nodes):
     """4 trials on the two-node cluster, tracked on the server; one trial's worker dies at epoch 2."""
     tmp = tmp_path_factory.mktemp("cluster")
-    result = fmae(["tune", *SMALL, "--ray_address", two_nodes.address, "--storage_path", str(tmp / "ray"),
-                   "--register_as", "cluster-encoder"], tmp, timeout=1500,
-                  MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="cluster", FMAE_TEST_CRASH_AT_EPOCH="2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mp.setenv("MLFLOW_EXPERIMENT_NAME", "cluster")
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(mlflow_server)
+    config = search.Config.from_argv([*SMALL, "--ray_address", two_nodes.address, "--storage_path", str(tmp / "ray"),
+                                      "--register_as", "cluster-encoder"])
+    search.run(config, callbacks=(KillOneWorker(2, tmp / "killed-once"),))
+    mp.undo()
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("cluster")
     runs = client.search_runs([exp.experiment_id])
@@ -100,8 +118,7 @@ def test_artifacts_and_champion_come_through_the_server(cluster_search, tmp_path
 
 
 def test_a_dead_worker_is_retried_from_its_checkpoint_and_logs_each_epoch_once(cluster_search):
-    marker = next(Path(cluster_search["tmp"], "ray").glob("fmae-tune-*/crashed-once"))
-    assert marker.exists()  # one trial's worker really died at epoch 2
+    assert (cluster_search["tmp"] / "killed-once").exists()  # one trial's worker really died at epoch 2
     for child in cluster_search["children"]:
         for key in ("val_loss", "train_loss"):
             assert [s for s, _ in metric_history(child.info.run_id, key)] == [1, 2, 3], child.info.run_name

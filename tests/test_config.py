@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from experiments.cli import STEPS, step_module
+from experiments.cli import step_module, steps
 from experiments.config import parse_config
 from experiments.errors import UserError
 from experiments.train_cae import Config
@@ -40,8 +40,9 @@ def test_bad_parameter_exits_2_without_traceback(tmp_path, tracking):
 def test_mlproject_matches_the_step_configs():
     """MLproject parameters are the dataclass fields, with the same defaults."""
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert spec["entry_points"].pop("step")["command"] == "python -m experiments {name}"  # any step by name
+    assert set(spec["entry_points"]) == set(steps())
     for name, entry in spec["entry_points"].items():
-        assert name in STEPS
         fields = {f.name: f.default for f in dataclasses.fields(step_module(name).Config)}
         params = entry["parameters"]
         assert set(params) <= set(fields), f"{name}: {set(params) - set(fields)} unknown to the parser"

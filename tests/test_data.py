@@ -15,9 +15,9 @@ from tests.helpers import fmae
 def test_real_files_load_with_the_expected_counts_and_range(small_data):
     d = small_data
     assert len(d.train) == 2000 and len(d.val) == 10_000 and len(d.test) == 10_000
-    assert d.train.images.shape == (2000, 1, 28, 28)
-    assert d.train.images.dtype == torch.float32 and d.train.labels.dtype == torch.int64
-    assert 0.0 <= float(d.test.images.min()) and float(d.test.images.max()) <= 1.0
+    assert d.train.inputs.shape == (2000, 1, 28, 28)
+    assert d.train.inputs.dtype == torch.float32 and d.train.labels.dtype == torch.int64
+    assert 0.0 <= float(d.test.inputs.min()) and float(d.test.inputs.max()) <= 1.0
     assert set(d.test.labels.tolist()) == set(range(10))
     assert torch.bincount(d.test.labels).tolist() == [1000] * 10  # FashionMNIST's test set is balanced
 
@@ -26,13 +26,13 @@ def test_packed_data_unpacks_to_exactly_the_same_tensors(small_data):
     """What the search sends to its trials (uint8, a quarter of the bytes) loses nothing."""
     packed = small_data.pack()
     assert packed.train.images.dtype == np.uint8 and packed.train.images.shape == (2000, 28, 28)
-    assert packed.train.images.nbytes == small_data.train.images.numel()  # one byte a pixel, not four
+    assert packed.train.images.nbytes == small_data.train.inputs.numel()  # one byte a pixel, not four
     packed.test.images.setflags(write=False)  # as Ray's object store hands it over
     unpacked = packed.unpack("cpu")
     for name in ("train", "val", "test"):
         a, b = getattr(small_data, name), getattr(unpacked, name)
-        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-        assert b.images.dtype == torch.float32 and b.labels.dtype == torch.int64
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
+        assert b.inputs.dtype == torch.float32 and b.labels.dtype == torch.int64
 
 
 def test_full_split_sizes_and_seeded_split():
@@ -40,14 +40,14 @@ def test_full_split_sizes_and_seeded_split():
     assert len(a.train) == 50_000 and len(a.val) == 10_000
     b = load_fashion_mnist(seed=3)
     c = load_fashion_mnist(seed=4)
-    assert torch.equal(a.val.images, b.val.images)
-    assert not torch.equal(a.val.images, c.val.images)
+    assert torch.equal(a.val.inputs, b.val.inputs)
+    assert not torch.equal(a.val.inputs, c.val.inputs)
 
 
 def test_subset_is_a_prefix_of_the_same_split():
     full = load_fashion_mnist(seed=1)
     small = load_fashion_mnist(train_subset=500, seed=1)
-    assert torch.equal(small.train.images, full.train.images[:500])
+    assert torch.equal(small.train.inputs, full.train.inputs[:500])
     assert torch.equal(small.val.labels, full.val.labels)
 
 

@@ -4,7 +4,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.errors import UserError
-from experiments.pipeline import parse
+from experiments.pipeline import Config
 from tests.helpers import fmae, mlflow_run, runs_of
 
 TINY = {"train_subset": 2000, "num_samples": 2, "max_epochs": 2, "grace_period": 1, "epochs": 1, "n_points": 300}
@@ -41,9 +41,9 @@ def test_main_runs_the_steps_in_order_as_children(tmp_path, tracking):
 
 def test_main_rejects_a_parameter_no_step_takes():
     with pytest.raises(UserError, match="no step has that parameter"):
-        parse(["--nonsense", "1"])
+        Config.from_argv(["--nonsense", "1"])
     with pytest.raises(UserError, match="not a valid int"):
-        parse(["--num_samples", "many"])
+        Config.from_argv(["--num_samples", "many"])
 
 
 def test_main_bad_profile_exits_2(tmp_path, tracking):

@@ -42,7 +42,8 @@ def test_logged_models_load_and_map_shapes(trained):
     assert encoder(x).shape == (5, 6)
     module, kind, config = load_module(f"runs:/{run.info.run_id}/encoder")
     assert kind == "encoder" and config["encoded_space_dim"] == 6
-    assert module.training is True or isinstance(module, torch.nn.Module)  # a real, trainable module
+    # a real, trainable module: in training mode, every weight learning
+    assert module.training and all(p.requires_grad for p in module.parameters())
     assert torch.allclose(module.eval()(x), encoder(x), atol=1e-5)
 
 
@@ -55,13 +56,10 @@ def test_reconstructions_png(trained, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_one_epoch_on_the_gpu_keeps_data_there(small_data):
-    from experiments.train_cae import Config, build_autoencoder, reconstruction_loss
-    from experiments.training import fit
+    from experiments.train_cae import Config, train_autoencoder
 
     data = small_data.to("cuda")
-    model, optimizer, scheduler = build_autoencoder(Config(device="cuda", epochs=1))
     seen = []
-    fit(model, reconstruction_loss, optimizer, data.train, data.val, 1, 256, 0,
-        report=lambda epoch, metrics: seen.append(metrics), scheduler=scheduler)
-    assert data.train.images.is_cuda and next(model.parameters()).is_cuda
+    model = train_autoencoder(Config(device="cuda", epochs=1), data, report=lambda epoch, metrics: seen.append(metrics))
+    assert data.train.inputs.is_cuda and next(model.parameters()).is_cuda
     assert seen and seen[0]["val_loss"] < 0.2

@@ -15,7 +15,7 @@ from experiments import train_cae
 from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
 from experiments.errors import UserError
 from tune import search as search_module
-from tune.searcher import PruningAwareOptunaSearch
+from tune.optuna_search import PruningAwareOptunaSearch
 from tune.space import SEED_BEST, START_POINTS, search_space
 
 # cpus_per_trial=0.5: four trials at once on a 2-core machine, as on a big one; the last two
@@ -218,7 +218,7 @@ def test_every_configuration_of_the_space_trains_a_cae():
     assert {c["batch_norm"] for c in configs} == {False, True}
     assert set(SEED_BEST) == set(configs[0])
     for config in configs:
-        model, _, _ = train_cae.build_autoencoder(dataclasses.replace(train_cae.Config(), **config))
+        model = train_cae.build_autoencoder(dataclasses.replace(train_cae.Config(), **config)).model
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == config["batch_norm"]
 
@@ -228,7 +228,7 @@ def test_child_runs_of_trials_the_resumed_search_lost_are_deleted(tracking):
     trial's run is dropped, the ones the search still has are kept."""
     from types import SimpleNamespace
 
-    from tune.tracking import drop_lost_trials
+    from tune.child_runs import drop_lost_trials
 
     client = MlflowClient()
     experiment = client.create_experiment("lost")

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from experiments.config import parse_config
 from experiments.errors import UserError
 from experiments.tracking import load_module
-from experiments.vae import Config
+from experiments.train_vae import Config
 from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
 
 DIM = 6

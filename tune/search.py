@@ -3,13 +3,11 @@ one MLflow parent run with a child run per trial; the best encoder goes to the r
 
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import optuna
 import pandas as pd
 import ray
@@ -20,20 +18,20 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from experiments import train_cae
-from experiments.config import CommonConfig, check_positive, config_params
-from experiments.data import load_fashion_mnist
+from experiments.config import CommonConfig, check_named, check_positive
+from experiments.data import FashionMNIST
 from experiments.errors import UserError
-from experiments.tracking import log_dataset, log_figures, register_model, start_step_run, tracking_uri
-from experiments.training import evaluate
+from experiments.step import open_step
+from experiments.tracking import StepRun, tracking_uri
 from fmae_models import CAE, CAEConfig
-from tune import figures
-from tune.searcher import PruningAwareOptunaSearch, optuna_storage
-from tune.space import SEED_BEST, START_POINTS, search_space
+from tune import search_plots
+from tune.child_runs import ChildRunStatus, close_open_children, drop_lost_trials
+from tune.optuna_search import PruningAwareOptunaSearch, optuna_storage
+from tune.space import SEARCHED, START_POINTS, search_space
 from tune.timeline import TrialProgress, TrialTimeline, read_timeline, timeline_metrics
-from tune.trainable import TrialSetup, load_checkpoint, train_trial
-from tune.tracking import ChildRunStatus, close_open_children, drop_lost_trials
+from tune.trainable import TrialSetup, load_checkpoint, stopped_early, train_trial
 
-HYPERPARAMETERS = list(SEED_BEST)
+STEP = "tune"
 REDUCTION_FACTOR = 2  # ASHA keeps the best half at each rung (grace, 2*grace, 4*grace, ...)
 STUDY_FILE = "optuna.db"
 SEARCH_FILE = "fmae_search.json"  # which MLflow parent run a Ray experiment belongs to, for resume
@@ -65,8 +63,7 @@ class Config(CommonConfig):
         if self.grace_period > self.max_epochs:
             raise UserError(f"grace_period={self.grace_period} exceeds max_epochs={self.max_epochs}; "
                             "ASHA needs grace_period <= max_epochs.")
-        if not self.register_as:
-            raise UserError("register_as must name the registered model that receives the best encoder.")
+        check_named(self, "register_as", "fmae-cae-encoder")
         if self.gpus_per_trial and not self.ray_address and not torch.cuda.is_available():
             raise UserError(f"gpus_per_trial={self.gpus_per_trial:g} asks for a GPU, but PyTorch sees none on this "
                             "machine, so Ray would wait for ever. Use gpus_per_trial=0 here, or join a cluster "
@@ -153,7 +150,7 @@ def trial_concurrency(config: Config) -> int:
     return min(slots, config.num_samples)
 
 
-def build_tuner(config: Config, trainable, name: str, storage: str, study: Path, callbacks) -> tune.Tuner:
+def build_tuner(config: Config, trainable, name: str, storage: str, study: Path, callbacks, parent: StepRun) -> tune.Tuner:
     trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     path = f"{storage.rstrip('/')}/{name}"
     if config.resume:
@@ -171,7 +168,7 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
         max_epochs=config.max_epochs,
     )
     concurrency = trial_concurrency(config)
-    mlflow.log_param("concurrent_trials", concurrency)
+    parent.log_params({"concurrent_trials": concurrency})
     print(f"Search: {config.num_samples} trials, up to {concurrency} at once.", flush=True)
     search_alg = ConcurrencyLimiter(searcher, concurrency)
     callbacks = [*callbacks, TrialProgress(config.num_samples, concurrency, config.max_epochs)]
@@ -210,7 +207,7 @@ def summarize_trials(results: tune.ResultGrid, max_epochs: int, timeline: dict |
             history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
             epochs, best, last = int(history["epoch"].max()), history["val_loss"].min(), history["val_loss"].iloc[-1]
             run_id = history["mlflow_run_id"].iloc[-1]
-        status = "failed" if result.error else ("finished" if epochs >= max_epochs else "pruned")
+        status = "failed" if result.error else ("pruned" if stopped_early({"epoch": epochs}, max_epochs) else "finished")
         trial = (result.metrics or {}).get("trial_id", f"#{len(rows)}")
         times = (timeline or {}).get(trial, {})
         rows.append({"trial_id": trial, **(result.config or {}), "status": status, "pruned": status == "pruned",
@@ -232,9 +229,9 @@ def param_importances(study_name: str, study: Path) -> tuple[dict, str]:
         return {}, f"importances need more finished trials ({exc})"
 
 
-def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str, study: Path,
-                       search_seconds: float) -> dict:
-    """Everything the parent run holds after the search; returns the best trial's figures."""
+def log_search_summary(parent: StepRun, results: tune.ResultGrid, config: Config, data: FashionMNIST, name: str,
+                       study: Path, search_seconds: float) -> None:
+    """Everything the parent run holds after the search, and the best encoder registered."""
     timeline = read_timeline(study.parent / TIMELINE_FILE)
     table, curves = summarize_trials(results, config.max_epochs, timeline)
     finished = table[table["status"] != "failed"]
@@ -248,74 +245,70 @@ def log_search_summary(results: tune.ResultGrid, config: Config, data, name: str
     model = model.to(config.torch_device)
     test = data.test.to(config.torch_device)
     best_val = float(table["best_val_loss"].min())
-    best_test = evaluate(model, train_cae.reconstruction_loss, test)
+    best_test = train_cae.test_loss(model, test)
+    best_config = {k: best.config[k] for k in SEARCHED}
 
-    mlflow.log_params({f"best_{k}": best.config[k] for k in HYPERPARAMETERS})
-    mlflow.log_metrics({"best_val_loss": best_val, "best_test_loss": best_test,
+    parent.log_params({f"best_{k}": v for k, v in best_config.items()})
+    parent.log_metrics({"best_val_loss": best_val, "best_test_loss": best_test,
                         "trials_finished": int((table["status"] == "finished").sum()),
                         "trials_pruned": int(table["pruned"].sum()),
                         "trials_failed": int((table["status"] == "failed").sum()),
                         **timeline_metrics(timeline, search_seconds)})
     importances, note = param_importances(name, study)
-    log_figures({
-        "parallel_coordinates.png": figures.plot_parallel_coordinates(finished, HYPERPARAMETERS),
-        "learning_curves.png": figures.plot_learning_curves(curves, "val_loss of the trials that ran to the end"),
-        "param_importances.png": figures.plot_param_importances(importances, note),
-        "reconstructions.png": train_cae.reconstructions_figure(model, test),
+    parent.log_figures({
+        "parallel_coordinates.png": search_plots.plot_parallel_coordinates(finished, list(SEARCHED)),
+        "learning_curves.png": search_plots.plot_learning_curves(curves, "val_loss of the trials that ran to the end"),
+        "param_importances.png": search_plots.plot_param_importances(importances, note),
     })
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp, "search_results.csv")
         table.to_csv(csv, index=False)
-        mlflow.log_artifact(str(csv))
+        parent.log_artifact(csv)
 
-    info = train_cae.log_autoencoder(model)
+    info = train_cae.log_autoencoder(parent, model, test, config.seed)  # also reconstructions.png
     trial_run = best.metrics.get("mlflow_run_id", "")
     if trial_run:
-        MlflowClient().set_tag(trial_run, "fmae.best_trial", "true")
-    register_model(info.model_uri, config.register_as, mlflow.active_run().info.run_id, ("test_loss", best_test),
-                   higher_is_better=False,
-                   tags={"val_loss": best_val, "fmae.trial_run_id": trial_run, **{k: best.config[k] for k in HYPERPARAMETERS}})
+        StepRun(trial_run).set_tags({"fmae.best_trial": "true"})
+    parent.register(info.model_uri, config.register_as, ("test_loss", best_test), higher_is_better=False,
+                    tags={"val_loss": best_val, "fmae.trial_run_id": trial_run, **best_config})
     print(f"best trial: val_loss {best_val:.5f}  test_loss {best_test:.5f}  "
-          + "  ".join(f"{k}={best.config[k]}" for k in HYPERPARAMETERS))
+          + "  ".join(f"{k}={v}" for k, v in best_config.items()))
     print(f"trials: {len(table)} ({(table['status'] == 'finished').sum()} finished, {table['pruned'].sum()} stopped "
           f"early, {(table['status'] == 'failed').sum()} failed); Optuna study: sqlite:///{study}")
-    return {"best_test_loss": best_test, "best_val_loss": best_val}
 
 
-def run(config: Config) -> str:
+def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
+    """The search as one MLflow parent run; callbacks: more Ray Tune callbacks to run with it."""
     storage = storage_root(config)
     interrupted = find_interrupted_search(storage) if config.resume else None
-    data = load_fashion_mnist(config.data_dir, train_subset=config.train_subset, seed=config.seed)
-    with start_step_run("tune", config_params(config), interrupted and interrupted["parent_run_id"]) as parent:
-        log_dataset(data)
+    with open_step(STEP, config, data_on_device=False, resume_run_id=interrupted and interrupted["parent_run_id"]) as step:
+        parent = step.run
         started_ray = connect_ray(config)
         try:
-            name = interrupted["name"] if interrupted else f"fmae-tune-{parent.info.run_id[:12]}"
+            name = interrupted["name"] if interrupted else f"fmae-tune-{parent.run_id[:12]}"
             study = study_path(storage, name)
-            write_search_file(study.parent, name=name, parent_run_id=parent.info.run_id, finished=False)
-            mlflow.set_tags({"fmae.ray_results": f"{storage}/{name}", "fmae.optuna_study": f"sqlite:///{study}"})
+            write_search_file(study.parent, name=name, parent_run_id=parent.run_id, finished=False)
+            parent.set_tags({"fmae.ray_results": f"{storage}/{name}", "fmae.optuna_study": f"sqlite:///{study}"})
             setup = TrialSetup(
                 base=train_cae.Config(data_dir=config.data_dir, train_subset=config.train_subset, seed=config.seed,
                                       device=config.device, epochs=config.max_epochs),
                 tracking_uri=tracking_uri(),
-                experiment_id=parent.info.experiment_id,
-                parent_run_id=parent.info.run_id,
-                crash_at_epoch=int(os.environ.get("FMAE_TEST_CRASH_AT_EPOCH", "0")),
-                crash_marker=str(study.parent / "crashed-once"),
+                experiment_id=step.experiment_id,
+                parent_run_id=parent.run_id,
             )
-            trainable = tune.with_parameters(train_trial, data=data.pack(), setup=setup)
+            trainable = tune.with_parameters(train_trial, data=step.data.pack(), setup=setup)
             status = ChildRunStatus(setup.tracking_uri, config.max_epochs)
             tuner = build_tuner(config, trainable, name, storage, study,
-                                [status, TrialTimeline(study.parent / TIMELINE_FILE)])
+                                [status, TrialTimeline(study.parent / TIMELINE_FILE), *callbacks], parent)
             began = time.perf_counter()
             try:
                 results = tuner.fit()
             finally:
-                close_open_children(MlflowClient(), parent.info.experiment_id, parent.info.run_id)
-            drop_lost_trials(MlflowClient(), parent.info.experiment_id, parent.info.run_id, results)
-            log_search_summary(results, config, data, name, study, time.perf_counter() - began)
+                close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
+            drop_lost_trials(MlflowClient(), step.experiment_id, parent.run_id, results)
+            log_search_summary(parent, results, config, step.data, name, study, time.perf_counter() - began)
             write_search_file(study.parent, finished=True)
         finally:
             if started_ray:
                 ray.shutdown()
-        return parent.info.run_id
+        return parent.run_id

@@ -1,4 +1,5 @@
-"""The trainable: a thin adapter from one Ray Tune trial to train_cae's training loop.
+"""The trainable: a thin adapter from one Ray Tune trial to train_cae.train_autoencoder, which
+connects Ray's report and checkpoints to it.
 
 Each trial writes to its own MLflow child run, created here (on whichever node runs the
 trial) through the client API with the parent's id — never through `mlflow.start_run()`,
@@ -19,15 +20,15 @@ from pathlib import Path
 import mlflow
 import ray
 import torch
-from mlflow.entities import Metric, Param
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
 from experiments import train_cae
 from experiments.data import FashionMNIST, PackedFashionMNIST
-from experiments.tracking import log_figures, log_module
-from experiments.training import fit
+from experiments.tracking import StepRun
+from experiments.training import seed_everything
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -40,8 +41,12 @@ class TrialSetup:
     tracking_uri: str  # absolute, so trials in other folders or on other nodes write to it
     experiment_id: str
     parent_run_id: str
-    crash_at_epoch: int = 0  # tests only: one trial's worker dies (os._exit) at this epoch, once
-    crash_marker: str = ""  # tests only: the file whose creation claims that one crash
+
+
+def stopped_early(result: dict | None, max_epochs: int) -> bool:
+    """Whether a trial that ended without error was stopped by the scheduler: its last report
+    (each trial reports `epoch`) came before max_epochs."""
+    return bool(result) and result.get("epoch", max_epochs) < max_epochs
 
 
 def trial_run_name(context, config: dict) -> str:
@@ -80,30 +85,12 @@ def child_run_for_trial(client: MlflowClient, setup: TrialSetup, config: dict) -
     )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
     # Every trial holds an artifact, stopped ones too: MLflow's Compare page fails on runs without any.
-    client.log_dict(run.info.run_id, {k: v for k, v in config.items()}, "trial_config.json")
+    client.log_dict(run.info.run_id, dict(config), "trial_config.json")
     return run.info.run_id
 
 
-def claim_crash(marker: str) -> bool:
-    """True for exactly one caller across the search: the first to create the marker file."""
-    if not marker:
-        return False
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
-
-
-def save_checkpoint(folder: str, model, optimizer, scheduler, epoch: int, run_id: str) -> tune.Checkpoint:
-    torch.save({
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": epoch,
-        "run_id": run_id,
-        "model_config": dataclasses.asdict(model.config),
-    }, Path(folder) / CHECKPOINT_FILE)
+def save_checkpoint(folder: str, state: dict) -> tune.Checkpoint:
+    torch.save(state, Path(folder) / CHECKPOINT_FILE)
     return tune.Checkpoint.from_directory(folder)
 
 
@@ -133,48 +120,29 @@ def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> No
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     mlflow.set_tracking_uri(setup.tracking_uri)
     mlflow.set_experiment(experiment_id=setup.experiment_id)  # logged models live in the run's experiment
-    client = MlflowClient(setup.tracking_uri)
     data = unpacked_data(data, setup, cae_config.torch_device)
-    model, optimizer, scheduler = train_cae.build_autoencoder(cae_config)
-
+    seed_everything(cae_config.seed)
+    training = train_cae.build_autoencoder(cae_config)
     checkpoint = tune.get_checkpoint()
-    start_epoch = 1
-    if checkpoint:  # a retry after a crash, or a resumed search: continue where it stopped
-        state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
-    run_id = child_run_for_trial(client, setup, config)
+    # A retry after a crash, or a resumed search, continues where it stopped.
+    start_epoch = training.load_state_dict(load_checkpoint(checkpoint)) + 1 if checkpoint else 1
+    run = StepRun(child_run_for_trial(MlflowClient(setup.tracking_uri), setup, config), echo=False)
     # An attempt that died between logging an epoch and checkpointing it logged that epoch
     # already; the retry recomputes it from the same state and logs each epoch only once.
-    logged = {m.step for m in client.get_metric_history(run_id, "val_loss")}
+    logged = run.logged_epochs("val_loss")
     # Where a trial's time goes, for the search's timeline (tune/timeline.py).
     timing = {"entered_at": entered_at, "setup_seconds": time.time() - entered_at,
-              "mlflow_run_name": client.get_run(run_id).info.run_name}
+              "mlflow_run_name": run.client.get_run(run.run_id).info.run_name}
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch not in logged:
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in metrics.items()])
-        if epoch == setup.crash_at_epoch and claim_crash(setup.crash_marker):
-            os._exit(1)  # simulate a dying worker (tests of fault tolerance)
+            run.log_epoch(epoch, metrics)
         if epoch == cae_config.epochs:  # before the last report: the scheduler ends the trial there
             started = time.time()
-            log_trial_artifacts(run_id, model, data, cae_config.seed)
+            train_cae.log_autoencoder(run, training.model, data.test, cae_config.seed, whole=False)
             timing["artifacts_seconds"] = time.time() - started
         with tempfile.TemporaryDirectory() as folder:
-            tune.report({**metrics, **timing, "epoch": epoch, "mlflow_run_id": run_id},
-                        checkpoint=save_checkpoint(folder, model, optimizer, scheduler, epoch, run_id))
+            checkpoint = save_checkpoint(folder, {**training.state_dict(epoch), "run_id": run.run_id})
+            tune.report({**metrics, **timing, "epoch": epoch, "mlflow_run_id": run.run_id}, checkpoint=checkpoint)
 
-    fit(model, train_cae.reconstruction_loss, optimizer, data.train, data.val, cae_config.epochs,
-        cae_config.batch_size, cae_config.seed, report=report, start_epoch=start_epoch, scheduler=scheduler)
-
-
-def log_trial_artifacts(run_id: str, model, data: FashionMNIST, seed: int) -> None:
-    """What a person browsing one finished trial wants: its encoder and a few cheap plots."""
-    figures = {"reconstructions.png": train_cae.reconstructions_figure(model, data.test),
-               **train_cae.latent_figures(model, data.test, seed)}
-    log_figures(figures, run_id=run_id)
-    log_module(model.encoder, "encoder", "encoder", dataclasses.asdict(model.config), run_id=run_id)
+    train_cae.train_autoencoder(cae_config, data, report, training, start_epoch)

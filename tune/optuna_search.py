@@ -3,6 +3,8 @@
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from tune.trainable import stopped_early
+
 
 class PruningAwareOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch reports a trial ASHA stopped as COMPLETE with its half-trained
@@ -15,8 +17,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self.max_epochs = max_epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        stopped_early = bool(result) and not error and result.get("epoch", self.max_epochs) < self.max_epochs
-        if not stopped_early or trial_id in self._completed_trials:
+        if error or not stopped_early(result, self.max_epochs) or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)

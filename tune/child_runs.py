@@ -8,6 +8,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from ray.tune import Callback
 
+from tune.trainable import stopped_early
+
 PRUNED_TAG = "fmae.pruned"
 
 
@@ -33,9 +35,9 @@ class ChildRunStatus(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
-        epochs = (trial.last_result or {}).get("epoch", 0)
-        if epochs < self.max_epochs:
-            val_loss = (trial.last_result or {}).get("val_loss", float("nan"))
+        if stopped_early(trial.last_result, self.max_epochs):
+            epochs = trial.last_result["epoch"]
+            val_loss = trial.last_result.get("val_loss", float("nan"))
             self.client.set_tag(run_id, PRUNED_TAG, "true")
             self.client.set_tag(run_id, "fmae.stopped_at_epoch", str(epochs))
             self.client.set_tag(run_id, MLFLOW_RUN_NOTE, (
