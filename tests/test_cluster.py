@@ -18,8 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.tune import Callback
 
-from tests.helpers import assert_png, fmae, metric_history, subprocess_env
-from tune import search
+from tests.helpers import ROOT, assert_png, fmae, metric_history, subprocess_env
 
 pytestmark = pytest.mark.slow
 SMALL = ["--num_samples", "4", "--max_epochs", "3", "--grace_period", "3", "--train_subset", "2000"]
@@ -80,17 +79,16 @@ class KillOneWorker(Callback):
 
 @pytest.fixture(scope="module")
 def cluster_search(tmp_path_factory, mlflow_server, two_nodes):
-    """4 trials on the two-node cluster, tracked on the server; one trial's worker dies at epoch 2."""
+    """4 trials on the two-node cluster, tracked on the server; one trial's worker dies at epoch 2.
+    The search runs as a user's script would, in a process of its own, with the test's callback."""
     tmp = tmp_path_factory.mktemp("cluster")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    mp.setenv("MLFLOW_EXPERIMENT_NAME", "cluster")
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    argv = [*SMALL, "--ray_address", two_nodes.address, "--storage_path", str(tmp / "ray"), "--register_as", "cluster-encoder"]
+    script = (f"from pathlib import Path\nfrom tests.test_cluster import KillOneWorker\nfrom tune import search\n"
+              f"search.run(search.Config.from_argv({argv!r}), callbacks=(KillOneWorker(2, Path({str(tmp / 'killed-once')!r})),))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=1500,
+                            env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="cluster"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     mlflow.set_tracking_uri(mlflow_server)
-    config = search.Config.from_argv([*SMALL, "--ray_address", two_nodes.address, "--storage_path", str(tmp / "ray"),
-                                      "--register_as", "cluster-encoder"])
-    search.run(config, callbacks=(KillOneWorker(2, tmp / "killed-once"),))
-    mp.undo()
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("cluster")
     runs = client.search_runs([exp.experiment_id])
