@@ -9,11 +9,13 @@ by it), and imported only when asked for.
 import importlib
 import os
 import re
+import signal
 import sys
 import traceback
 from functools import cache
 from pathlib import Path
 
+from experiments import interrupts
 from experiments.errors import UserError
 
 PACKAGES = ("experiments", "tune")
@@ -56,16 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    interrupts.install()
     try:
         run_step(argv[0], argv[1:])
     except UserError as exc:
         if os.environ.get("FMAE_DEBUG") == "1":
             traceback.print_exc()
-        print(f"fmae {argv[0]}: error: {exc}", file=sys.stderr)
+        print(f"fmae {argv[0]}: error: {exc}", file=sys.stderr, flush=True)
+        from experiments.tracking import describe_rejected_launch
+
+        describe_rejected_launch(str(exc))
         return 2
-    except KeyboardInterrupt:
-        print(f"fmae {argv[0]}: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = interrupts.signal_number(exc)
+        resume = getattr(exc, "resume", "")
+        print(f"fmae {argv[0]}: interrupted by {signal.Signals(signum).name}; its runs are marked KILLED."
+              + (f" To resume the search: {resume}" if resume else ""), file=sys.stderr, flush=True)
+        return 128 + signum
     return 0
 
 

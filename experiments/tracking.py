@@ -25,6 +25,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from experiments import interrupts
 from experiments.data import FashionMNIST, pack_split
 from experiments.errors import UserError
 from experiments.training import flush_denormals_
@@ -122,13 +123,31 @@ def start_step_run(step: str, params: dict[str, Any], resume_run_id: str | None 
         log_new_params(params)
         yield mlflow.get_run(active.info.run_id)
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        with interrupts.deferred():
+            mlflow.end_run("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        with interrupts.deferred():
+            mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
     print_run_link(active.info.run_id)
+
+
+def describe_rejected_launch(message: str) -> None:
+    """`mlflow run` creates its run before the step reads its parameters; when the step rejects
+    them, that run (which MLflow then marks FAILED) says why in its description."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        check_tracking_server()
+        client = MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":  # the step never opened it
+            client.set_tag(run_id, "mlflow.note.content", f"**fmae did not start**: {message}")
+            client.set_terminated(run_id, "FAILED")
+    except (UserError, MlflowException, OSError):  # the message on the console is what matters
+        pass
 
 
 def log_new_params(params: dict[str, Any], run_id: str | None = None) -> None:

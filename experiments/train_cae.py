@@ -17,7 +17,8 @@ from experiments.data import FashionMNIST, Split
 from experiments.errors import UserError
 from experiments.step import open_step
 from experiments.tracking import StepRun
-from experiments.training import LR_SCHEDULES, OPTIMIZERS, Report, evaluate, fit, make_optimizer, make_scheduler, predict
+from experiments.training import (LR_SCHEDULES, OPTIMIZERS, Diverged, Report, evaluate, fit, make_optimizer,
+                                  make_scheduler, predict)
 from fmae_models import CAE, CAEConfig, sample_fitted_gaussian
 
 STEP = "train_cae"
@@ -124,9 +125,19 @@ def log_autoencoder(run: StepRun, model: CAE, test: Split, seed: int, whole: boo
     return run.log_model(model.encoder, "encoder", "encoder", config)
 
 
+def divergence_tags(exc: Diverged) -> dict[str, str]:
+    return {"fmae.failure": "diverged", "fmae.diverged_at_epoch": str(exc.epoch), "fmae.failure_cause": exc.cause}
+
+
 def run(config: Config) -> str:
     with open_step(STEP, config) as step:
-        model = train_autoencoder(config, step.data, report=step.run.log_epoch)
+        try:
+            model = train_autoencoder(config, step.data, report=step.run.log_epoch)
+        except Diverged as exc:
+            step.run.set_tags(divergence_tags(exc))
+            raise UserError(f"the training diverged: {exc} with optimizer={config.optimizer} lr={config.lr:g} "
+                            f"momentum={config.momentum:g} weight_decay={config.weight_decay:g} batch_size="
+                            f"{config.batch_size}. Lower lr (or momentum) and run it again.") from None
         step.run.log_metrics({"test_loss": test_loss(model, step.data.test)})
         log_autoencoder(step.run, model, step.data.test, config.seed)
         return step.run_id

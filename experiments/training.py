@@ -4,6 +4,7 @@ A step supplies a `loss_fn(model, images, labels) -> scalar` and a `report(epoch
 callback; MLflow logging and Ray Tune's `tune.report` both plug in as that callback.
 """
 
+import math
 import random
 import time
 from typing import Callable
@@ -26,6 +27,15 @@ OPTIMIZERS = {
 }
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_BATCH = 2048  # no gradients kept, so evaluation can take larger batches
+
+
+class Diverged(ArithmeticError):
+    """A loss turned NaN or infinite: the training diverged, and more epochs will not mend it."""
+
+    def __init__(self, epoch: int, metrics: dict[str, float]):
+        self.epoch = epoch
+        self.cause = ", ".join(f"{k} became {v}" for k, v in metrics.items() if not math.isfinite(v))
+        super().__init__(f"{self.cause} at epoch {epoch}")
 
 
 def seed_everything(seed: int) -> None:
@@ -125,7 +135,8 @@ def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, tra
     metrics: train_<loss_name>, val_<loss_name>, epoch_seconds, and whatever val_metrics adds;
     one name per kind of loss (the CAE's "loss" is MSE per pixel, the VAE's "elbo" nats per
     image, the classifier's "nll"), so MLflow's charts never mix units. A scheduler steps once
-    per epoch (resuming, pass one already stepped start_epoch - 1 times).
+    per epoch (resuming, pass one already stepped start_epoch - 1 times). A loss that turns NaN
+    or infinite raises Diverged at once, before that epoch is reported.
     """
     on_cuda = next(model.parameters()).is_cuda
     if on_cuda:
@@ -139,6 +150,8 @@ def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, tra
         if scheduler is not None:
             scheduler.step()
         metrics = {f"train_{loss_name}": train_loss, f"val_{loss_name}": evaluate(model, loss_fn, val)}
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise Diverged(epoch, metrics)
         if val_metrics is not None:
             metrics.update(val_metrics(model))
         metrics["epoch_seconds"] = time.perf_counter() - started

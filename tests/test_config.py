@@ -11,7 +11,7 @@ from experiments.cli import step_module, steps
 from experiments.config import parse_config
 from experiments.errors import UserError
 from experiments.train_cae import Config
-from tests.helpers import ROOT, fmae
+from tests.helpers import ROOT, fmae, mlflow_run, runs_of
 
 
 def test_flags_parse_with_either_spelling():
@@ -57,6 +57,13 @@ def test_mlproject_matches_the_step_configs():
 @pytest.mark.parametrize("argv,message", [
     (["train_cae", "--train_subset", "60000"], "more than the 50,000 training images"),
     (["tune", "--gpus_per_trial", "0.5"], "PyTorch sees none on this machine"),
+    (["train_cae", "--epochs", "two"], "epochs='two' is not a valid int"),
+    (["train_cae", "--batch_size", "0"], "batch_size=0 must be more than 0"),
+    (["vae", "--batch_size", "0"], "batch_size=0 must be more than 0"),
+    (["finetune", "--batch_size", "0"], "batch_size=0 must be more than 0"),
+    (["main", "--batch_size", "0"], "batch_size=0 must be more than 0"),
+    (["tune", "--resume", "true", "--storage_path", "nothing-here"], "resume=true found no interrupted search"),
+    (["finetune", "--model_uri", "runs:/0123456789abcdef0123456789abcdef/encoder"], "names no model MLflow can find"),
 ])
 def test_inputs_that_cannot_work_exit_2_and_leave_the_store_untouched(tmp_path, tracking, argv, message):
     result = fmae(argv, tmp_path)
@@ -64,3 +71,12 @@ def test_inputs_that_cannot_work_exit_2_and_leave_the_store_untouched(tmp_path, 
     assert "Traceback" not in result.stderr
     experiments = mlflow.search_experiments()
     assert not mlflow.search_runs([e.experiment_id for e in experiments], output_format="list")
+
+
+def test_a_bad_value_through_mlflow_run_fails_its_run_and_says_why(tmp_path, tracking):
+    """`mlflow run` makes its run before fmae reads the parameters (and exits 1 on any failure)."""
+    result = mlflow_run("train_cae", {"epochs": "two"}, tmp_path, check=False)
+    assert result.returncode != 0 and "epochs='two' is not a valid int" in result.stderr
+    assert "Traceback" not in result.stderr
+    (run,) = runs_of()
+    assert run.info.status == "FAILED" and "epochs='two'" in run.data.tags["mlflow.note.content"]

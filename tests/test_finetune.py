@@ -117,6 +117,10 @@ def test_a_model_uri_that_is_not_an_encoder_is_rejected(store, tmp_path):
                   MLFLOW_TRACKING_URI=f"sqlite:///{store['tmp'] / 'mlflow.db'}")
     assert result.returncode == 2 and "is a cae; this step needs an encoder" in result.stderr
     assert "Traceback" not in result.stderr
+    classifier_uri = f"runs:/{store['runs']['frozen'][0].info.run_id}/classifier"
+    result = fmae(["finetune", "--model_uri", classifier_uri, "--train_subset", "100"], tmp_path,
+                  MLFLOW_TRACKING_URI=f"sqlite:///{store['tmp'] / 'mlflow.db'}")
+    assert result.returncode == 2 and "is a classifier; this step needs an encoder" in result.stderr
 
 
 def test_bad_mode_is_rejected(tmp_path, tracking):

@@ -6,7 +6,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from experiments.tracking import load_module
-from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
+from tests.helpers import assert_png, fmae, metric_history, mlflow_run, runs_of
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,13 @@ def test_one_epoch_on_the_gpu_keeps_data_there(small_data):
     model = train_autoencoder(Config(device="cuda", epochs=1), data, report=lambda epoch, metrics: seen.append(metrics))
     assert data.train.inputs.is_cuda and next(model.parameters()).is_cuda
     assert seen and seen[0]["val_loss"] < 0.2
+
+
+def test_a_diverging_training_exits_2_naming_its_hyperparameters(tmp_path, tracking):
+    result = fmae(["train_cae", "--optimizer", "sgd", "--lr", "1e20", "--epochs", "3", "--train_subset", "1000"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "diverged: train_loss became nan" in result.stderr and "optimizer=sgd lr=1e+20" in result.stderr
+    (run,) = runs_of("fmae")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["fmae.failure"] == "diverged" and run.data.tags["fmae.diverged_at_epoch"] == "1"
+    assert "val_loss" not in run.data.metrics  # no NaN epoch in the charts

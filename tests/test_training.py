@@ -2,6 +2,7 @@
 slower on the intra-op worker threads that torch.set_flush_denormal does not reach."""
 
 import mlflow
+import pytest
 import torch
 
 from experiments.tracking import load_module, log_module
@@ -43,3 +44,17 @@ def test_logged_modules_hold_no_denormals(tracking):
     assert kind == "encoder"
     tiny = torch.finfo(torch.float32).tiny
     assert all(not ((p != 0) & (p.abs() < tiny)).any() for p in loaded.parameters())
+
+
+def test_a_loss_that_turns_nan_stops_training_at_once(small_data):
+    from experiments.train_cae import reconstruction_loss
+    from experiments.training import Diverged, fit, make_optimizer
+    from fmae_models import CAE
+
+    model = CAE(CAEConfig(n_channels=4, encoded_space_dim=4))
+    seen = []
+    with pytest.raises(Diverged) as caught:
+        fit(model, reconstruction_loss, make_optimizer("sgd", model.parameters(), 1e20, momentum=0.9), small_data.train,
+            small_data.val, 3, 256, 0, report=lambda epoch, metrics: seen.append(epoch))
+    assert caught.value.epoch == 1 and "train_loss became nan" in caught.value.cause
+    assert seen == []  # the diverged epoch is never reported

@@ -242,3 +242,38 @@ def test_child_runs_of_trials_the_resumed_search_lost_are_deleted(tracking):
     assert sorted(r.data.tags["ray.trial_id"] for r in kept) == ["aaaa0001", "aaaa0003"]
     unknown = [SimpleNamespace(metrics={}, path="/r/odd")]  # a trial that cannot be identified: delete nothing
     assert drop_lost_trials(client, experiment, parent, unknown) == 0
+
+
+def test_a_diverging_trial_fails_alone_and_optuna_is_told(tracking, small_data, tmp_path):
+    """A trial whose loss turns NaN ends at once, FAILED with the epoch and cause as tags; the
+    other trial finishes, Optuna records a FAIL (not a value), and the best result is finite."""
+    import ray
+
+    from tune.child_runs import ChildRunStatus
+    from tune.trainable import TrialSetup, train_trial
+
+    client = MlflowClient()
+    experiment = client.create_experiment("nan")
+    parent = client.create_run(experiment).info.run_id
+    setup = TrialSetup(base=train_cae.Config(train_subset=2000, epochs=2), tracking_uri=tracking,
+                       experiment_id=experiment, parent_run_id=parent)
+    space = {**search_space(), "lr": ray_tune.loguniform(1e-4, 1e21)}
+    searcher = PruningAwareOptunaSearch(points_to_evaluate=[{**SEED_BEST, "optimizer": "sgd", "lr": 1e20}, SEED_BEST],
+                                        seed=0, max_epochs=2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        results = ray_tune.Tuner(
+            ray_tune.with_parameters(train_trial, data=small_data.pack(), setup=setup), param_space=space,
+            tune_config=ray_tune.TuneConfig(metric="val_loss", mode="min", num_samples=2, search_alg=searcher),
+            run_config=ray_tune.RunConfig(storage_path=str(tmp_path / "ray"), callbacks=[ChildRunStatus(tracking, 2)],
+                                          verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    runs = {r.data.params["optimizer"]: r for r in client.search_runs([experiment], "tags.`fmae.step` = 'tune-trial'")}
+    assert runs["sgd"].info.status == "FAILED" and runs["adam"].info.status == "FINISHED"
+    assert runs["sgd"].data.tags["fmae.failure"] == "diverged" and runs["sgd"].data.tags["fmae.diverged_at_epoch"] == "1"
+    assert "Diverged at epoch 1" in runs["sgd"].data.tags["mlflow.note.content"]
+    assert [t.state.name for t in searcher._ot_study.trials] == ["FAIL", "COMPLETE"]
+    table, _ = search_module.summarize_trials(results, 2)
+    assert sorted(table["status"]) == ["failed", "finished"]
+    assert results.get_best_result(scope="all").config["optimizer"] == "adam"

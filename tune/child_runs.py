@@ -35,6 +35,12 @@ class ChildRunStatus(Callback):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
+        if trial.last_result.get("diverged"):  # its loss turned NaN or infinite: the trial broke
+            self.client.set_tag(run_id, MLFLOW_RUN_NOTE, (
+                f"**Diverged at epoch {trial.last_result['epoch']}**: its loss turned NaN or infinite (tag "
+                "fmae.failure_cause), so the trial stopped there. The search went on without it."))
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            return
         if stopped_early(trial.last_result, self.max_epochs):
             epochs = trial.last_result["epoch"]
             val_loss = trial.last_result.get("val_loss", float("nan"))
@@ -53,15 +59,15 @@ class ChildRunStatus(Callback):
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
-def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
-    """After the search: no child is left RUNNING (a trial that died before reporting, or one
-    interrupted with the driver). Returns how many were closed."""
+def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str = "FAILED") -> int:
+    """After the search: no child is left RUNNING — FAILED for a trial that died before
+    reporting, KILLED for trials a signal interrupted. Returns how many were closed."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        client.set_terminated(run.info.run_id, status)
     return len(runs)
 
 

@@ -17,6 +17,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self.max_epochs = max_epochs
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if result and result.get("diverged") and trial_id not in self._completed_trials:  # FAIL, not a value
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return None
         if error or not stopped_early(result, self.max_epochs) or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)

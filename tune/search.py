@@ -1,8 +1,12 @@
 """Step `tune`: a Ray Tune search with OptunaSearch (TPE) and ASHA over the CAE, tracked as
 one MLflow parent run with a child run per trial; the best encoder goes to the registry."""
 
+import dataclasses
 import json
 import logging
+import os
+import shlex
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from experiments import train_cae
+from experiments import interrupts, train_cae
 from experiments.config import CommonConfig, check_named, check_positive
 from experiments.data import FashionMNIST
 from experiments.errors import UserError
@@ -195,6 +199,39 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
     )
 
 
+def fit(tuner: tune.Tuner, num_samples: int) -> tune.ResultGrid:
+    """tuner.fit(), stopped as gracefully by SIGTERM as by Ctrl-C: Ray Tune catches the first
+    SIGINT itself, stops the trials, saves the search's state and returns. Raises Interrupted
+    when the search did not run all its trials to an end."""
+    terms: list[int] = []
+
+    def stop(signum, frame):
+        terms.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)  # Ray Tune's handler; Python's before Tune installs it
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:  # before Tune's handler was in place, or a second Ctrl-C
+        raise interrupts.Interrupted(terms[0] if terms else signal.SIGINT) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    trials = results._experiment_analysis.trials  # Ray keeps their statuses only there
+    if terms or len(trials) < num_samples or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+        raise interrupts.Interrupted(terms[0] if terms else signal.SIGINT)
+    return results
+
+
+def resume_command(config: Config, storage: str) -> str:
+    """The command that continues this search: its flags as given, resume=true, and the store."""
+    defaults = Config()
+    flags = {f.name: getattr(config, f.name) for f in dataclasses.fields(Config)
+             if getattr(config, f.name) != getattr(defaults, f.name)}
+    flags.update(storage_path=storage, resume="true")
+    args = " ".join(f"--{k} {shlex.quote(str(v).lower() if isinstance(v, bool) else str(v))}" for k, v in flags.items())
+    return f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri())} fmae tune {args}"
+
+
 def summarize_trials(results: tune.ResultGrid, max_epochs: int, timeline: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """One row per trial for search_results.csv (with its timeline, seconds since the search
     began), and the val_loss curves of unstopped trials."""
@@ -207,7 +244,9 @@ def summarize_trials(results: tune.ResultGrid, max_epochs: int, timeline: dict |
             history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
             epochs, best, last = int(history["epoch"].max()), history["val_loss"].min(), history["val_loss"].iloc[-1]
             run_id = history["mlflow_run_id"].iloc[-1]
-        status = "failed" if result.error else ("pruned" if stopped_early({"epoch": epochs}, max_epochs) else "finished")
+        diverged = bool((result.metrics or {}).get("diverged"))
+        status = "failed" if result.error or diverged else (
+            "pruned" if stopped_early({"epoch": epochs}, max_epochs) else "finished")
         trial = (result.metrics or {}).get("trial_id", f"#{len(rows)}")
         times = (timeline or {}).get(trial, {})
         rows.append({"trial_id": trial, **(result.config or {}), "status": status, "pruned": status == "pruned",
@@ -244,7 +283,7 @@ def log_search_summary(parent: StepRun, results: tune.ResultGrid, config: Config
     model.load_state_dict(state["model"])
     model = model.to(config.torch_device)
     test = data.test.to(config.torch_device)
-    best_val = float(table["best_val_loss"].min())
+    best_val = float(finished["best_val_loss"].min())
     best_test = train_cae.test_loss(model, test)
     best_config = {k: best.config[k] for k in SEARCHED}
 
@@ -302,13 +341,17 @@ def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
                                 [status, TrialTimeline(study.parent / TIMELINE_FILE), *callbacks], parent)
             began = time.perf_counter()
             try:
-                results = tuner.fit()
-            finally:
-                close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
+                results = fit(tuner, config.num_samples)
+            except KeyboardInterrupt as exc:
+                with interrupts.deferred():
+                    close_open_children(MlflowClient(), step.experiment_id, parent.run_id, "KILLED")
+                raise interrupts.Interrupted(interrupts.signal_number(exc), resume_command(config, storage)) from None
+            close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
             drop_lost_trials(MlflowClient(), step.experiment_id, parent.run_id, results)
             log_search_summary(parent, results, config, step.data, name, study, time.perf_counter() - began)
             write_search_file(study.parent, finished=True)
         finally:
             if started_ray:
-                ray.shutdown()
+                with interrupts.deferred():  # a second Ctrl-C must not leave Ray's processes behind
+                    ray.shutdown()
         return parent.run_id

@@ -123,6 +123,8 @@ class TrialProgress(Callback):
         left = max(self.num_samples - done, 0)
         # Trials still to run, at the mean length of those that ended, `concurrency` at a time.
         eta = sum(self.durations) / done * -(-left // self.concurrency) if left else 0.0
+        if result.get("diverged"):
+            failure, val_loss = f"FAILED, its loss diverged at epoch {epochs}", float("nan")
         outcome = failure or ("ran to the end" if epochs >= self.max_epochs else f"stopped early at epoch {epochs}")
         name = result.get("mlflow_run_name", trial.trial_id)
         print(f"[{done}/{self.num_samples}] trial {name}: {outcome}, val_loss {val_loss:.5f}, "

@@ -28,7 +28,7 @@ from ray import tune
 from experiments import train_cae
 from experiments.data import FashionMNIST, PackedFashionMNIST
 from experiments.tracking import StepRun
-from experiments.training import seed_everything
+from experiments.training import Diverged, seed_everything
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -145,4 +145,11 @@ def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> No
             checkpoint = save_checkpoint(folder, {**training.state_dict(epoch), "run_id": run.run_id})
             tune.report({**metrics, **timing, "epoch": epoch, "mlflow_run_id": run.run_id}, checkpoint=checkpoint)
 
-    train_cae.train_autoencoder(cae_config, data, report, training, start_epoch)
+    try:
+        train_cae.train_autoencoder(cae_config, data, report, training, start_epoch)
+    except Diverged as exc:
+        # Retrying would diverge again: the trial ends here, and the driver marks its run
+        # FAILED (child_runs.ChildRunStatus) and tells Optuna so (optuna_search).
+        run.set_tags(train_cae.divergence_tags(exc))
+        tune.report({"epoch": exc.epoch, "val_loss": float("inf"), "diverged": True, **timing,
+                     "mlflow_run_id": run.run_id})
