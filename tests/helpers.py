@@ -1,8 +1,11 @@
 """What the tests share besides fixtures: running steps as users do, reading MLflow back."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -59,3 +62,29 @@ def assert_png(path: Path) -> None:
 
 def images(n: int = 5) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(folder: Path, *args: str, **env: str) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on 127.0.0.1 with a sqlite store in folder, serving artifacts itself, plus
+    args ("{port}" in them is its port); returns the process and its URL once /health answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--workers", "1", *(a.replace("{port}", str(port)) for a in args)],
+        cwd=folder, env=subprocess_env(**env), stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError((folder / "server.log").read_text()[-3000:])

@@ -4,11 +4,9 @@ Everything runs on 127.0.0.1, started by the tests."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -18,38 +16,16 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.tune import Callback
 
-from tests.helpers import ROOT, assert_png, fmae, metric_history, subprocess_env
+from tests.helpers import ROOT, assert_png, fmae, free_port, metric_history, start_mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 SMALL = ["--num_samples", "4", "--max_epochs", "3", "--grace_period", "3", "--train_subset", "2000"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` with a sqlite backend, serving artifacts itself."""
-    tmp = tmp_path_factory.mktemp("server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}", "--artifacts-destination", str(tmp / "artifacts"),
-         "--workers", "1"],
-        cwd=tmp, env=subprocess_env(), stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError((tmp / "server.log").read_text()[-3000:])
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("server"))
     yield url
     proc.terminate()
     proc.wait(30)

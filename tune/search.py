@@ -44,6 +44,7 @@ TIMELINE_FILE = "timeline.json"  # when each trial launched, started, trained an
 # every sync_period, 300 s by default: a driver killed outright (SIGKILL, a lost machine) then
 # resumes from minutes ago, forgetting trials it had started since, and proposing them again.
 STATE_SYNC_SECONDS = 10
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,15 @@ def connect_ray(config: Config) -> bool:
         # A Ray started here keeps token authentication, Ray's default, without warning that it does.
         # (Setting RAY_AUTH_MODE=token here instead breaks ray.init: its client reads the mode at import.)
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    env_vars = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    # Trials on other nodes log through the same authenticated server: its credentials travel in
+    # Ray's runtime environment, never as a run's param or tag.
+    env_vars.update({k: os.environ[k] for k in CREDENTIALS if k in os.environ})
     try:
         # "local" starts a fresh Ray here even when a `ray start` cluster runs on this machine
         # (a bare ray.init() would silently join it).
         ray.init(address=config.ray_address or "local", include_dashboard=False, configure_logging=True,
-                 logging_level="warning",
-                 runtime_env={"env_vars": {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}})
+                 logging_level="warning", runtime_env={"env_vars": env_vars})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"could not reach the Ray cluster at ray_address={config.ray_address!r} ({exc}). "
                         "Start it with `ray start --head`, check the address, or leave ray_address empty "
