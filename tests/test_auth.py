@@ -50,7 +50,7 @@ def test_only_the_right_credentials_get_in(server):
 def test_a_search_logs_through_it_and_the_password_leaks_nowhere(server, tmp_path, monkeypatch):
     url, folder = server
     credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
-    result = fmae(["tune", "--num_samples", "2", "--max_epochs", "1", "--grace_period", "1", "--train_subset", "1000",
+    result = fmae(["tune", "--num_samples", "1", "--max_epochs", "1", "--grace_period", "1", "--train_subset", "1000",
                    "--storage_path", str(tmp_path / "ray")], tmp_path, MLFLOW_TRACKING_URI=url, **credentials)
     assert result.returncode == 0, result.stderr[-3000:]
     for name, value in credentials.items():
@@ -59,7 +59,7 @@ def test_a_search_logs_through_it_and_the_password_leaks_nowhere(server, tmp_pat
     try:
         client = MlflowClient(url)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)  # the search and its two trials
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # the search and its trial
         seen = [result.stdout, result.stderr]
         for run in runs:
             seen += [*run.data.params.values(), *run.data.tags.values()]

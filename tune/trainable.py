@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -112,9 +113,18 @@ def unpacked_data(packed: PackedFashionMNIST, setup: TrialSetup, device: torch.d
     return _unpacked[key]
 
 
+def ignore_exits_in_callbacks(unraisable) -> None:
+    """sys.unraisablehook for trial processes. Ray stops its workers at the search's end with
+    SIGTERM, which it turns into SystemExit; landing inside a weakref callback, that exit is
+    "ignored" and Python prints a traceback onto the search's console. The exit is wanted."""
+    if not isinstance(unraisable.exc_value, (SystemExit, KeyboardInterrupt)):
+        sys.__unraisablehook__(unraisable)
+
+
 def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None:
     """Train one CAE with the trial's hyperparameters, reporting and checkpointing every epoch."""
     entered_at = time.time()
+    sys.unraisablehook = ignore_exits_in_callbacks
     cae_config = dataclasses.replace(setup.base, **config)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
