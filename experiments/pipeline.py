@@ -13,6 +13,7 @@ from experiments.cli import step_module
 from experiments.config import CommonConfig, check_choice, config_params, field_help, field_types, parse_flags
 from experiments.step import open_step
 from experiments.tracking import StepRun, download_artifact, get_run, registered_version
+from tune.child_runs import best_trials
 
 STEP = "main"
 # The study, in order: a step joins it with its name here. Each later step starts from the
@@ -22,18 +23,23 @@ ORDER = ("tune", "finetune", "vae", "analyze")
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "tune": {"train_subset": 20_000, "num_samples": 6, "max_epochs": 6, "grace_period": 2},
-        "finetune": {"train_subset": 20_000, "epochs": 5},
+        "finetune": {"train_subset": 20_000},
         "vae": {"train_subset": 20_000, "epochs": 8},
         "analyze": {"n_points": 1000},
     },
     "full": {step: {} for step in ORDER},
 }
+# How many of the search's best encoders (of distinct architectures) main also fine-tunes in
+# mode=full, the champion classifier being the best of them: the best reconstruction is not
+# always the best classifier (docs/finetune.md: 0.913 from the champion, 0.922 from another trial).
+TOP_ENCODERS = {"quick": 0, "full": 3}
 HEADLINES = {  # step -> the metrics of its run that main carries, the study's results at a glance
     "tune": ("best_test_loss",),
     "finetune": ("test_accuracy",),
     "vae": ("test_recon_mse",),
     "analyze": ("cae_knn_accuracy", "vae_knn_accuracy"),
 }
+BEST_BY = {"finetune": "test_accuracy"}  # step -> the metric that picks its headline run when it ran more than once
 REPORT_FIGURES = {  # step -> artifacts shown in report.html
     "tune": ("parallel_coordinates.png", "learning_curves.png", "reconstructions.png"),
     "finetune": ("confusion_matrix.png",),
@@ -45,11 +51,14 @@ REPORT_FIGURES = {  # step -> artifacts shown in report.html
 @dataclass(frozen=True)
 class Config(CommonConfig):
     profile: str = "quick"  # quick (minutes, subsets) or full (the contract's defaults, full data)
+    top_encoders: int = -1  # also fine-tune (mode=full) the search's best N encoders of distinct architectures; -1 = the profile's (quick 0, full 3)
     overrides: tuple = ()  # other steps' parameters given to main, as typed (name, value) pairs
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("profile", self.profile, tuple(PROFILES))
+        if self.top_encoders < 0:
+            object.__setattr__(self, "top_encoders", TOP_ENCODERS[self.profile])
 
     @classmethod
     def from_argv(cls, argv: list[str], prog: str = "fmae main") -> "Config":
@@ -99,19 +108,33 @@ def chain_models(registered: dict[str, str], cls) -> dict[str, str]:
 def run(config: Config) -> str:
     params = {"profile": config.profile, **config_params(config), "overrides": dict(config.overrides)}
     with open_step(STEP, config, data=False, params=params) as main:
-        runs, registered = {}, {}
-        for step in ORDER:
+        runs: dict[str, list[str]] = {}
+        registered: dict[str, str] = {}
+        for number, step in enumerate(ORDER, 1):
             module = step_module(step)
-            step_cfg = step_config(config, step, chain_models(registered, module.Config))
-            print(f"\n=== fmae main: {step} ===", flush=True)
-            runs[step] = module.run(step_cfg)
-            name = getattr(step_cfg, "register_as", "")
-            version = registered_version(runs[step], name) if name else None
-            if version:
-                registered[name] = version
+            step_configs = [step_config(config, step, chain_models(registered, module.Config))]
+            if step == "finetune":
+                step_configs += top_encoder_configs(config, runs["tune"][0])
+            for i, step_cfg in enumerate(step_configs):
+                what = f" ({step_cfg.mode} on {step_cfg.model_uri})" if step == "finetune" else ""
+                print(f"\n=== fmae main: step {number}/{len(ORDER)} {step}{what} ===", flush=True)
+                runs.setdefault(step, []).append(module.run(step_cfg))
+                name = getattr(step_cfg, "register_as", "")
+                version = registered_version(runs[step][-1], name) if name else None
+                if version and i == 0:  # later steps build on the step's own run, not its extra ones
+                    registered[name] = version
         log_headlines(main.run, runs)
         log_report(main.run, runs)
         return main.run_id
+
+
+def top_encoder_configs(config: Config, tune_run_id: str) -> list:
+    """finetune's configs for mode=full from the encoders of the search's best trials."""
+    if not config.top_encoders:
+        return []
+    trials = best_trials(tune_run_id, config.top_encoders)
+    return [step_config(config, "finetune", {"model_uri": f"runs:/{trial.info.run_id}/encoder", "mode": "full"})
+            for trial in trials]
 
 
 def run_path(run) -> str:
@@ -119,26 +142,46 @@ def run_path(run) -> str:
     return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
 
 
-def log_headlines(main: StepRun, runs: dict[str, str]) -> None:
+def headline_run(step: str, run_ids: list[str]):
+    """The run whose numbers stand for the step: its only one, or the one with the highest
+    BEST_BY metric (finetune: the best classifier, the one its registered champion came from)."""
+    runs = [get_run(run_id) for run_id in run_ids]
+    key = BEST_BY.get(step)
+    return max(runs, key=lambda r: r.data.metrics.get(key, float("-inf"))) if key else runs[-1]
+
+
+def run_line(run, metrics: tuple[str, ...]) -> str:
+    mode = run.data.tags.get("fmae.mode")
+    source = run.data.tags.get("fmae.source_trial") or run.data.tags.get("fmae.source_model")
+    what = f" ({mode}{' from ' + source if source else ''})" if mode else ""
+    figures = ", ".join(f"{k} **{run.data.metrics[k]:.4g}**" for k in metrics if k in run.data.metrics)
+    return f"[{run.data.tags.get('fmae.step', run.info.run_name)}]({run_path(run)}){what} — {figures}"
+
+
+def log_headlines(main: StepRun, runs: dict[str, list[str]]) -> None:
     """The study's headline metrics on the main run, and a description linking each step's run."""
     lines, metrics = [], {}
-    for step, run_id in runs.items():
-        run = get_run(run_id)
-        found = {k: run.data.metrics[k] for k in HEADLINES.get(step, ()) if k in run.data.metrics}
-        metrics.update(found)
-        figures = ", ".join(f"{k} **{v:.4g}**" for k, v in found.items())
-        lines.append(f"{len(lines) + 1}. [{step}]({run_path(run)}) — {figures}")
+    for step, run_ids in runs.items():
+        keys = HEADLINES.get(step, ())
+        best = headline_run(step, run_ids)
+        metrics.update({k: best.data.metrics[k] for k in keys if k in best.data.metrics})
+        for run_id in run_ids:
+            run = get_run(run_id)
+            if run.data.tags.get("fmae.mode") == "frozen" and "test_accuracy" in run.data.metrics:
+                metrics["frozen_test_accuracy"] = run.data.metrics["test_accuracy"]
+            marker = " ← the study's figure" if len(run_ids) > 1 and run_id == best.info.run_id else ""
+            lines.append(f"{len(lines) + 1}. {run_line(run, keys)}{marker}")
     main.log_metrics(metrics)
     main.describe("**fmae: the whole study**, one child run per step (newest first "
                    "in the table; this is their order):\n\n" + "\n".join(lines)
                    + "\n\nreport.html (Artifacts) has every step's numbers and figures on one page.")
 
 
-def log_report(main: StepRun, runs: dict[str, str]) -> None:
+def log_report(main: StepRun, runs: dict[str, list[str]]) -> None:
     """report.html: each step's key numbers, its figures inline, and where to find its run."""
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
-        for step, run_id in runs.items():
+        for step, run_id in ((step, run_id) for step, run_ids in runs.items() for run_id in run_ids):
             run = get_run(run_id)
             metrics = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
                               for k, v in sorted(run.data.metrics.items()) if not k.startswith("epoch"))

@@ -388,6 +388,14 @@ def model_lineage(model_uri: str) -> dict[str, str]:
                      "fmae.source_run_id": version.run_id or ""})
     elif model_uri.startswith("runs:/"):
         tags["fmae.source_run_id"] = model_uri[len("runs:/"):].split("/", 1)[0]
+    run_id = tags.get("fmae.source_run_id")
+    if run_id:
+        try:
+            source = MlflowClient().get_run(run_id)
+        except MlflowException:
+            return tags
+        if source.data.tags.get("ray.trial_id"):  # a search's trial: name it, it is what users browse
+            tags["fmae.source_trial"] = source.info.run_name
     return tags
 
 

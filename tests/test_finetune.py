@@ -123,6 +123,14 @@ def test_a_model_uri_that_is_not_an_encoder_is_rejected(store, tmp_path):
     assert result.returncode == 2 and "is a classifier; this step needs an encoder" in result.stderr
 
 
+@pytest.mark.parametrize("mode, epochs, lr, augment", [("frozen", 100, 0.01, "none"), ("full", 15, 0.01, "flip"),
+                                                      ("scratch", 15, 0.01, "flip")])
+def test_each_mode_defaults_to_what_measured_best_and_a_given_flag_wins(mode, epochs, lr, augment):
+    config = Config(mode=mode)
+    assert (config.epochs, config.lr, config.augment) == (epochs, lr, augment)  # what the run logs as params
+    assert Config(mode=mode, epochs=3, lr=0.5).epochs == 3 and Config(mode=mode, epochs=3, lr=0.5).lr == 0.5
+
+
 def test_bad_mode_is_rejected(tmp_path, tracking):
     result = fmae(["finetune", "--mode", "partial"], tmp_path)
     assert result.returncode == 2 and "mode='partial' is not one of frozen, full, scratch" in result.stderr

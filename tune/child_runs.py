@@ -100,3 +100,26 @@ def drop_lost_trials(client: MlflowClient, experiment_id: str, parent_run_id: st
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str):
     return client.search_runs([experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
                               max_results=10_000)
+
+
+ARCHITECTURE = ("n_channels", "encoded_space_dim", "batch_norm")
+
+
+def best_trials(parent_run_id: str, n: int, distinct: tuple[str, ...] = ARCHITECTURE) -> list:
+    """The child runs of the n trials that ran to the end with the lowest val_loss, one per
+    architecture (distinct values of `distinct`): the encoders worth fine-tuning."""
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment_id], max_results=10_000, order_by=["metrics.val_loss ASC"],
+                              filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
+                                            "and attributes.status = 'FINISHED'")
+    chosen, seen = [], set()
+    for run in runs:
+        architecture = tuple(run.data.params.get(k) for k in distinct)
+        if run.data.tags.get(PRUNED_TAG) == "true" or "val_loss" not in run.data.metrics or architecture in seen:
+            continue
+        seen.add(architecture)
+        chosen.append(run)
+        if len(chosen) == n:
+            break
+    return chosen
