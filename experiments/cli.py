@@ -7,6 +7,7 @@ by it), and imported only when asked for.
 """
 
 import importlib
+import logging
 import os
 import re
 import signal
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # MLflow draws a progress bar for every artifact download: two per model load, dozens a study.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" line per run
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

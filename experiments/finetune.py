@@ -23,6 +23,8 @@ from experiments.training import accuracy, fit, make_optimizer, make_scheduler, 
 from fmae_models import Classifier
 
 STEP = "finetune"
+ABOUT = ("fmae's FashionMNIST classifier: a logged encoder plus a small head, fine-tuned by `fmae finetune`. "
+         "Input: float tensor (N, 1, 28, 28) in [0, 1]; output: (N, 10) log-probabilities.")
 MODES = ("frozen", "full", "scratch")
 AUGMENTATIONS = ("none", "flip")
 
@@ -176,5 +178,5 @@ def run(config: Config) -> str:
         step.run.log_figures({"confusion_matrix.png": plots.plot_confusion_matrix(matrix, title)})
         info = step.run.log_model(model, "classifier", "classifier", encoder_config)
         step.run.register(info.model_uri, config.register_as, ("test_accuracy", test_accuracy),
-                          higher_is_better=True, tags=tags)
+                          higher_is_better=True, tags=tags, about=ABOUT)
         return step.run_id

@@ -12,8 +12,7 @@ from typing import Any
 from experiments.cli import step_module
 from experiments.config import CommonConfig, check_choice, config_params, field_help, field_types, parse_flags
 from experiments.step import open_step
-from experiments.tracking import StepRun, download_artifact, get_run, registered_version
-from tune.child_runs import best_trials
+from experiments.tracking import StepRun, download_artifact, get_run, registered_version, ui_path
 
 STEP = "main"
 # The study, in order: a step joins it with its name here. Each later step starts from the
@@ -132,14 +131,11 @@ def top_encoder_configs(config: Config, tune_run_id: str) -> list:
     """finetune's configs for mode=full from the encoders of the search's best trials."""
     if not config.top_encoders:
         return []
+    from tune.child_runs import best_trials  # main composes the steps; tune builds on experiments, so import late
+
     trials = best_trials(tune_run_id, config.top_encoders)
     return [step_config(config, "finetune", {"model_uri": f"runs:/{trial.info.run_id}/encoder", "mode": "full"})
             for trial in trials]
-
-
-def run_path(run) -> str:
-    """A run's address inside the MLflow UI, relative to wherever the UI is served."""
-    return f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
 
 
 def headline_run(step: str, run_ids: list[str]):
@@ -155,7 +151,7 @@ def run_line(run, metrics: tuple[str, ...]) -> str:
     source = run.data.tags.get("fmae.source_trial") or run.data.tags.get("fmae.source_model")
     what = f" ({mode}{' from ' + source if source else ''})" if mode else ""
     figures = ", ".join(f"{k} **{run.data.metrics[k]:.4g}**" for k in metrics if k in run.data.metrics)
-    return f"[{run.data.tags.get('fmae.step', run.info.run_name)}]({run_path(run)}){what} — {figures}"
+    return f"[{run.data.tags.get('fmae.step', run.info.run_name)}]({ui_path(run.info.experiment_id, run.info.run_id)}){what} — {figures}"
 
 
 def log_headlines(main: StepRun, runs: dict[str, list[str]]) -> None:

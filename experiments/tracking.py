@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 import types
@@ -90,11 +91,61 @@ def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:
         ) from None
 
 
+class TrackingUnavailable(RuntimeError):
+    """Raised in a trial whose tracking server stopped answering for longer than MLflow's client
+    retries (about two minutes): the trial fails, keeps its checkpoint, and resumes later."""
+
+
+def tracking_reachable(uri: str | None = None) -> bool:
+    try:
+        check_tracking_server(uri)
+        return True
+    except UserError:
+        return False
+
+
 def choose_experiment() -> None:
     """`mlflow run`'s experiment if it started us, else $MLFLOW_EXPERIMENT_NAME/_ID, else fmae."""
     if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return
     mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+
+
+EXPERIMENT_DESCRIPTION = """**fmae**: a convolutional autoencoder (CAE) on FashionMNIST, tuned with Ray Tune and
+Optuna, its encoder fine-tuned into a classifier, a VAE beside it, and both latent spaces compared.
+
+- Runs named **main** hold a whole study: its headline metrics, a description linking each step, and report.html.
+- **tune** runs are searches; each trial is a child run (expand the row). Trials tagged `fmae.pruned=true` were
+  stopped early by the scheduler: the search working, not a failure. The best one is tagged `fmae.best_trial`.
+- Metric names mean one thing: `train_loss`/`val_loss` are the CAE's per-pixel MSE, `train_elbo`/`val_elbo` the
+  VAE's nats per image, `train_nll`/`val_accuracy` the classifier's; `system/*` is CPU, memory and GPU use.
+- Models: the Models tab holds fmae-cae-encoder, fmae-classifier and fmae-vae, the best of each under alias champion.
+"""
+
+
+def describe_experiment(experiment_id: str) -> None:
+    """The experiment's description (its page's About box), written once, never over a user's."""
+    client = MlflowClient()
+    if "mlflow.note.content" not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+
+
+def system_metrics_on() -> bool:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU through nvidia-ml-py) for every
+    step and trial, unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false says otherwise."""
+    return os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() not in ("false", "0")
+
+
+def monitor_system_metrics(run_id: str, uri: str):
+    """Sample system metrics into run_id (a trial's run, which fmae creates itself) until it ends:
+    the sampler stops at the first sample after the run is no longer RUNNING. None when off."""
+    if not system_metrics_on():
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 @contextlib.contextmanager
@@ -111,12 +162,15 @@ def start_step_run(step: str, params: dict[str, Any], resume_run_id: str | None 
             client.set_tag(launched, "fmae.resumed_run", resume_run_id)
             client.set_terminated(launched, "FINISHED")
             print(f"This run continues the interrupted run {resume_run_id}: {ui_link(resume_run_id)}")
-        active = mlflow.start_run(run_id=resume_run_id, nested=nested)
+        active = mlflow.start_run(run_id=resume_run_id, nested=nested, log_system_metrics=system_metrics_on())
     else:
         if not nested:
             choose_experiment()
-        active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step, nested=nested)
+        active = mlflow.start_run(run_name=None if os.environ.get("MLFLOW_RUN_ID") else step, nested=nested,
+                                  log_system_metrics=system_metrics_on())
     try:
+        if not nested:
+            describe_experiment(active.info.experiment_id)
         mlflow.set_tag("fmae.step", step)
         if GENERATED_NAME.fullmatch(mlflow.active_run().info.run_name or ""):  # `mlflow run` named it at random
             mlflow.set_tag("mlflow.runName", step)
@@ -124,14 +178,25 @@ def start_step_run(step: str, params: dict[str, Any], resume_run_id: str | None 
         yield mlflow.get_run(active.info.run_id)
     except KeyboardInterrupt:
         with interrupts.deferred():
-            mlflow.end_run("KILLED")
+            end_run_if_reachable("KILLED")
         raise
     except BaseException:
         with interrupts.deferred():
-            mlflow.end_run("FAILED")
+            end_run_if_reachable("FAILED")
         raise
     mlflow.end_run("FINISHED")
     print_run_link(active.info.run_id)
+
+
+def end_run_if_reachable(status: str) -> None:
+    """End the active run, unless its tracking server is down (a step failing for that reason
+    would otherwise wait minutes on retries, then fail again): that run stays RUNNING, and
+    `resume=true` continues it."""
+    if tracking_reachable():
+        mlflow.end_run(status)
+    else:
+        print(f"The tracking server at {tracking_uri()} does not answer, so run "
+              f"{mlflow.active_run().info.run_id} could not be marked {status}.", file=sys.stderr, flush=True)
 
 
 def describe_rejected_launch(message: str) -> None:
@@ -253,8 +318,8 @@ class StepRun:
         return log_module(model, name, kind, config, run_id=self.run_id)
 
     def register(self, model_uri: str, name: str, score: tuple[str, float], higher_is_better: bool,
-                 tags: dict[str, Any] | None = None):
-        return register_model(model_uri, name, self.run_id, score, higher_is_better, tags)
+                 tags: dict[str, Any] | None = None, about: str = ""):
+        return register_model(model_uri, name, self.run_id, score, higher_is_better, tags, about)
 
 
 # --- models --------------------------------------------------------------------------------
@@ -399,14 +464,53 @@ def model_lineage(model_uri: str) -> dict[str, str]:
     return tags
 
 
+def ui_path(experiment_id: str, run_id: str) -> str:
+    """A run's address inside the MLflow UI, relative to wherever the UI is served (markdown
+    links in descriptions keep working on any host and port)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def run_markdown_link(client: MlflowClient, run_id: str, label: str = "") -> str:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return f"run `{run_id}`"
+    return f"[{label or run.info.run_name}]({ui_path(run.info.experiment_id, run_id)})"
+
+
+def version_description(client: MlflowClient, run_id: str, score: tuple[str, float], tags: dict[str, str]) -> str:
+    """Markdown for a model version: its score, the run that made it, and the links back along
+    its lineage (the encoder version and the search trial it was built from)."""
+    key, value = score
+    lines = [f"**{key} {value:.4g}**, made by run {run_markdown_link(client, run_id)}."]
+    if tags.get("fmae.trial_run_id"):
+        lines.append(f"The encoder of the search's best trial, {run_markdown_link(client, tags['fmae.trial_run_id'])}.")
+    if tags.get("fmae.source_model"):
+        name, number = tags["fmae.source_model"].split("/", 1)
+        lines.append(f"Built on [{name} version {number}](#/models/{name}/versions/{number}).")
+    if tags.get("fmae.source_run_id"):
+        label = tags.get("fmae.source_trial") or ""
+        lines.append(f"Its encoder came from run {run_markdown_link(client, tags['fmae.source_run_id'], label)}"
+                     + (" (a search trial)." if label else "."))
+    if tags.get("fmae.mode"):
+        lines.append(f"Fine-tuning mode: {tags['fmae.mode']}.")
+    return "\n\n".join(lines)
+
+
 def register_model(model_uri: str, name: str, run_id: str, score: tuple[str, float], higher_is_better: bool,
-                   tags: dict[str, Any] | None = None):
-    """Register model_uri as a new version of name, tagged with its run and score; the alias
-    `champion` moves to it only if it beats the current champion's score (or there is none)."""
+                   tags: dict[str, Any] | None = None, about: str = ""):
+    """Register model_uri as a new version of name, tagged with its run and score and described
+    (markdown, with links along its lineage); the alias `champion` moves to it only if it beats
+    the current champion's score (or there is none). about: the registered model's description,
+    set while it has none."""
     client = MlflowClient()
     key, value = score
     all_tags = {"fmae.run_id": run_id, key: str(value), **{k: str(v) for k, v in (tags or {}).items()}}
     version = mlflow.register_model(model_uri, name, tags=all_tags)
+    client.update_model_version(name, version.version, version_description(client, run_id, score, all_tags))
+    if about and not client.get_registered_model(name).description:
+        client.update_registered_model(name, f"{about}\n\nAlias **{CHAMPION}**: the version with the "
+                                       f"{'highest' if higher_is_better else 'lowest'} {key}.")
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
         current_value = float(current.tags.get(key, "nan"))

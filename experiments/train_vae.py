@@ -15,6 +15,8 @@ from experiments.training import evaluate, fit, make_optimizer
 from fmae_models import VAE, VAEConfig, VAEMeanEncoder, kl_divergence, vae_loss
 
 STEP = "vae"
+ABOUT = ("fmae's variational autoencoder, trained by `fmae vae`. Input: float tensor (N, 1, 28, 28) in [0, 1]; "
+         "output: (reconstruction, posterior mean, log-variance).")
 
 
 @dataclass(frozen=True)
@@ -87,5 +89,5 @@ def run(config: Config) -> str:
         step.run.log_metrics(metrics)
         info = log_vae(step.run, model, data.test, config.seed)
         step.run.register(info.model_uri, config.register_as, ("test_recon_mse", metrics["test_recon_mse"]),
-                          higher_is_better=False)
+                          higher_is_better=False, about=ABOUT)
         return step.run_id

@@ -68,6 +68,9 @@ def test_runs_carry_the_encoders_lineage(store):
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]
     assert {v.tags["fmae.mode"] for v in versions} == {"frozen", "full", "scratch"}
     assert all(v.tags["fmae.source_run_id"] == cae_run_id for v in versions)
+    for v in versions:  # each version says where it came from, with a link to the encoder's run
+        assert f"/runs/{cae_run_id}?workflowType=machine_learning)" in v.description
+        assert f"Fine-tuning mode: {v.tags['fmae.mode']}." in v.description
 
 
 def test_confusion_matrix_png(store, tmp_path):

@@ -1,7 +1,10 @@
 """The tracking server goes away in the middle of a search and comes back: trials and the driver
 wait for it (MLflow's client retries with backoff, about two minutes in all), and every epoch is
-logged exactly once."""
+logged exactly once. Gone for longer than the retries, the search fails its trials clearly and
+says how to resume them, and the resumed search finishes them in the same runs."""
 
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -15,35 +18,67 @@ pytestmark = pytest.mark.slow
 OUTAGE_SECONDS = 20
 
 
-def test_a_search_rides_out_a_tracking_server_restart(tmp_path):
+def start_search_and_stop_the_server(tmp_path, **env):
+    """A real server, a search logging to it, and the server stopped once a trial logged an epoch."""
     folder = tmp_path / "server"
     folder.mkdir()
     server, url = start_mlflow_server(folder)
     search = subprocess.Popen(
         [sys.executable, "-m", "experiments", "tune", "--num_samples", "1", "--max_epochs", "3", "--grace_period", "3",
          "--train_subset", "2000", "--storage_path", str(tmp_path / "ray")],
-        cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=url, **env), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
     client, deadline = MlflowClient(url), time.time() + 600
     while not client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0"):
         assert search.poll() is None and time.time() < deadline, search.communicate()[1][-3000:]
         time.sleep(1)
     server.terminate()  # a restart: the trials are mid-training, the driver mid-search
     server.wait(30)
+    return folder, url, client, search
+
+
+def assert_one_finished_trial_with_each_epoch_once(client):
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert parent.info.status == "FINISHED" and len(children) == 1
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for key in ("train_loss", "val_loss"):
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
+            assert steps == [1, 2, 3], (child.info.run_name, key, steps)
+
+
+def test_a_search_rides_out_a_tracking_server_restart(tmp_path):
+    folder, url, client, search = start_search_and_stop_the_server(tmp_path)
     time.sleep(OUTAGE_SECONDS)
     server, _ = start_mlflow_server(folder, port=int(url.rsplit(":", 1)[1]))
     try:
         _, err = search.communicate(timeout=900)
         assert search.returncode == 0, err[-3000:]
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        assert parent.info.status == "FINISHED" and len(children) == 1
-        for child in children:
-            assert child.info.status == "FINISHED"
-            for key in ("train_loss", "val_loss"):
-                steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
-                assert steps == [1, 2, 3], (child.info.run_name, key, steps)
+        assert_one_finished_trial_with_each_epoch_once(client)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_an_outage_longer_than_the_retries_fails_clearly_and_the_search_resumes(tmp_path):
+    # MLflow's client retries cut from ~2 minutes to seconds, so a short outage outlasts them
+    retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    folder, url, client, search = start_search_and_stop_the_server(tmp_path, **retries)
+    _, err = search.communicate(timeout=600)  # the server stays down
+    assert search.returncode == 2, err[-3000:]
+    assert "trials failed because the MLflow tracking server" in err and "still does not answer" in err
+    resume = re.search(r"resume the search: (MLFLOW_TRACKING_URI=\S+ fmae tune .*)$", err, re.M)
+    assert resume, err[-3000:]
+    server, _ = start_mlflow_server(folder, port=int(url.rsplit(":", 1)[1]))
+    try:
+        variable, *command = shlex.split(resume.group(1))
+        result = subprocess.run([sys.executable, "-m", "experiments", *command[1:]], cwd=tmp_path, timeout=600,
+                                env=subprocess_env(**dict([variable.split("=", 1)]), **retries),
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert_one_finished_trial_with_each_epoch_once(client)  # the same parent and child, each epoch once
     finally:
         server.terminate()
         server.wait(30)

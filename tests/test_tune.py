@@ -26,7 +26,8 @@ SEARCH = {"num_samples": 6, "max_epochs": 3, "grace_period": 1, "train_subset": 
 @pytest.fixture(scope="module")
 def search(module_store):
     tmp = module_store
-    result = mlflow_run("tune", {**SEARCH, "storage_path": tmp / "ray"}, tmp)
+    # system metrics sampled every second (MLflow's default is 10 s: longer than these trials)
+    result = mlflow_run("tune", {**SEARCH, "storage_path": tmp / "ray"}, tmp, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     runs = runs_of()
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in runs]
@@ -41,6 +42,15 @@ def test_one_parent_with_a_child_per_trial(search):
     parent = search["parent"]
     assert parent.info.status == "FINISHED"
     assert "val_loss" not in parent.data.metrics
+
+
+def test_the_search_and_its_trials_record_system_metrics_and_the_experiment_says_what_it_holds(search):
+    cpu = "system/cpu_utilization_percentage"
+    assert cpu in search["parent"].data.metrics
+    finished = [c for c in search["children"] if "fmae.pruned" not in c.data.tags]
+    assert finished and all(cpu in c.data.metrics for c in finished), [c.data.metrics.keys() for c in finished]
+    experiment = MlflowClient().get_experiment(search["parent"].info.experiment_id)
+    assert "fmae.pruned=true" in experiment.tags["mlflow.note.content"]
 
 
 def test_children_have_per_epoch_metrics_tags_and_honest_status(search):
@@ -117,9 +127,10 @@ def test_a_gpu_per_trial_without_a_gpu_is_refused_not_waited_for(monkeypatch):
 def test_the_console_says_one_line_per_trial_and_little_else(search):
     output = search["output"]
     for noise in ("Downloading artifacts", "Trial status:", "Token authentication", "A new study created",
-                  "Got error", "Traceback"):
+                  "Got error", "Traceback", "Configuration for experiment", "View detailed results here",
+                  "tensorboard", "system metrics"):
         assert noise not in output, noise
-    lines = [line for line in output.splitlines() if re.match(r"\[\d+/6\] trial t\d\d-", line)]
+    lines = [line for line in output.splitlines() if re.match(r"\[[#-]{12}\] \d+/6 trial t\d\d-", line)]
     assert len(lines) == 6, output[-3000:]
     assert "left" in lines[0] and "best so far" in lines[-1]
     assert "Search: 6 trials, up to 4 at once." in output
@@ -167,6 +178,12 @@ def test_champion_is_registered_and_loads(search):
     version = MlflowClient().get_model_version_by_alias("fmae-cae-encoder", "champion")
     assert version.tags["fmae.run_id"] == parent.info.run_id
     assert float(version.tags["test_loss"]) == pytest.approx(parent.data.metrics["best_test_loss"])
+    # described in markdown, with links back to the search and its best trial (relative: any host works)
+    trial = version.tags["fmae.trial_run_id"]
+    assert f"runs/{parent.info.run_id}?workflowType=machine_learning)" in version.description
+    assert f"runs/{trial}?workflowType=machine_learning)" in version.description
+    assert "test_loss" in version.description and "http" not in version.description
+    assert "alias **champion**" in MlflowClient().get_registered_model("fmae-cae-encoder").description.lower()
 
 
 def test_pruned_trials_are_pruned_in_the_optuna_study(search):

@@ -4,10 +4,12 @@ import re
 from pathlib import Path
 
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from ray.tune import Callback
 
+from experiments.tracking import TrackingUnavailable
 from tune.trainable import stopped_early
 
 PRUNED_TAG = "fmae.pruned"
@@ -23,6 +25,7 @@ class ChildRunStatus(Callback):
         self.tracking_uri = tracking_uri
         self.max_epochs = max_epochs
         self.run_ids: dict[str, str] = {}
+        self.pending: list[tuple[str, int, dict[str, str]]] = []
 
     @property
     def client(self) -> MlflowClient:
@@ -36,27 +39,54 @@ class ChildRunStatus(Callback):
         if run_id is None:
             return
         if trial.last_result.get("diverged"):  # its loss turned NaN or infinite: the trial broke
-            self.client.set_tag(run_id, MLFLOW_RUN_NOTE, (
+            self.mark(run_id, RunStatus.FAILED, {MLFLOW_RUN_NOTE: (
                 f"**Diverged at epoch {trial.last_result['epoch']}**: its loss turned NaN or infinite (tag "
-                "fmae.failure_cause), so the trial stopped there. The search went on without it."))
-            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+                "fmae.failure_cause), so the trial stopped there. The search went on without it.")})
             return
+        tags = {}
         if stopped_early(trial.last_result, self.max_epochs):
             epochs = trial.last_result["epoch"]
             val_loss = trial.last_result.get("val_loss", float("nan"))
-            self.client.set_tag(run_id, PRUNED_TAG, "true")
-            self.client.set_tag(run_id, "fmae.stopped_at_epoch", str(epochs))
-            self.client.set_tag(run_id, MLFLOW_RUN_NOTE, (
+            tags = {PRUNED_TAG: "true", "fmae.stopped_at_epoch": str(epochs), MLFLOW_RUN_NOTE: (
                 f"**Stopped early by the scheduler (ASHA) at the epoch-{epochs} rung** of {self.max_epochs}: "
                 f"its val_loss {val_loss:.5f} was not among the best of the trials that had reached "
                 f"epoch {epochs}. Stopping early is the search working, not a failure; the trials that "
-                "ran to the end hold the models and plots."))
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+                "ran to the end hold the models and plots.")}
+        self.mark(run_id, RunStatus.FINISHED, tags)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is not None:
-            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            tags = {}
+            if outage_error(trial):
+                tags[MLFLOW_RUN_NOTE] = ("**The tracking server stopped answering** during this trial, for longer "
+                                         "than MLflow's client retries. Its checkpoint is kept: `resume=true` "
+                                         "continues it in this run.")
+            self.mark(run_id, RunStatus.FAILED, tags)
+
+    def mark(self, run_id: str, status: int, tags: dict[str, str]) -> None:
+        """Set tags and the final status; while the tracking server is down, keep them for flush()
+        instead of failing the search from inside Ray's loop."""
+        try:
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+            self.client.set_terminated(run_id, RunStatus.to_string(status))
+        except MlflowException:
+            self.pending.append((run_id, status, tags))
+
+    def flush(self) -> None:
+        """Apply what mark() could not, now that the server answers again."""
+        pending, self.pending = self.pending, []
+        for run_id, status, tags in pending:
+            self.mark(run_id, status, tags)
+
+
+def outage_error(trial) -> bool:
+    """Whether the trial failed because its tracking server stopped answering (TrackingUnavailable)."""
+    try:
+        return TrackingUnavailable.__name__ in str(trial.get_error() or "")
+    except OSError:
+        return False
 
 
 def close_open_children(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str = "FAILED") -> int:

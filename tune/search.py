@@ -26,7 +26,7 @@ from experiments.config import CommonConfig, check_named, check_positive
 from experiments.data import FashionMNIST
 from experiments.errors import UserError
 from experiments.step import open_step
-from experiments.tracking import StepRun, tracking_uri
+from experiments.tracking import StepRun, TrackingUnavailable, tracking_reachable, tracking_uri
 from fmae_models import CAE, CAEConfig
 from tune import search_plots
 from tune.child_runs import ChildRunStatus, close_open_children, drop_lost_trials
@@ -36,6 +36,8 @@ from tune.timeline import TrialProgress, TrialTimeline, read_timeline, timeline_
 from tune.trainable import TrialSetup, load_checkpoint, stopped_early, train_trial
 
 STEP = "tune"
+ABOUT = ("The encoder of fmae's convolutional autoencoder, the best of a `fmae tune` search. Input: float tensor "
+         "(N, 1, 28, 28) in [0, 1]; output: (N, encoded_space_dim) codes. `fmae finetune` starts from it.")
 REDUCTION_FACTOR = 2  # ASHA keeps the best half at each rung (grace, 2*grace, 4*grace, ...)
 STUDY_FILE = "optuna.db"
 SEARCH_FILE = "fmae_search.json"  # which MLflow parent run a Ray experiment belongs to, for resume
@@ -159,6 +161,12 @@ def trial_concurrency(config: Config) -> int:
 
 
 def build_tuner(config: Config, trainable, name: str, storage: str, study: Path, callbacks, parent: StepRun) -> tune.Tuner:
+    if not config.verbose:
+        # Ray's new console output prints a setup box and result paths even at verbose=0; its
+        # older one prints nothing at 0. The "Tuner.restore" hint on an interrupt is Ray's API,
+        # not a command a user runs: fmae prints its own resume command.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     path = f"{storage.rstrip('/')}/{name}"
     if config.resume:
@@ -224,6 +232,21 @@ def fit(tuner: tune.Tuner, num_samples: int) -> tune.ResultGrid:
     if terms or len(trials) < num_samples or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
         raise interrupts.Interrupted(terms[0] if terms else signal.SIGINT)
     return results
+
+
+def check_outage(results: tune.ResultGrid, status: ChildRunStatus, config: Config, storage: str) -> None:
+    """After the search: if trials failed because the tracking server stopped answering for longer
+    than MLflow's client retries, or it does not answer now, say so and how to resume (their
+    checkpoints are kept; resume=true reruns them in the same runs)."""
+    lost = sum(TrackingUnavailable.__name__ in str(result.error) for result in results if result.error)
+    reachable = tracking_reachable()
+    if reachable:
+        status.flush()
+    if lost or not reachable:
+        raise UserError(
+            f"{lost} of {len(results)} trials failed because the MLflow tracking server at {tracking_uri()} stopped "
+            f"answering for longer than its client retries (about 2 minutes){'' if reachable else ', and it still does not answer'}. "
+            f"Their checkpoints are kept. Once the server answers, resume the search: {resume_command(config, storage)}")
 
 
 def resume_command(config: Config, storage: str) -> str:
@@ -313,7 +336,7 @@ def log_search_summary(parent: StepRun, results: tune.ResultGrid, config: Config
     if trial_run:
         StepRun(trial_run).set_tags({"fmae.best_trial": "true"})
     parent.register(info.model_uri, config.register_as, ("test_loss", best_test), higher_is_better=False,
-                    tags={"val_loss": best_val, "fmae.trial_run_id": trial_run, **best_config})
+                    tags={"val_loss": best_val, "fmae.trial_run_id": trial_run, **best_config}, about=ABOUT)
     print(f"best trial: val_loss {best_val:.5f}  test_loss {best_test:.5f}  "
           + "  ".join(f"{k}={v}" for k, v in best_config.items()))
     print(f"trials: {len(table)} ({(table['status'] == 'finished').sum()} finished, {table['pruned'].sum()} stopped "
@@ -350,6 +373,7 @@ def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
                 with interrupts.deferred():
                     close_open_children(MlflowClient(), step.experiment_id, parent.run_id, "KILLED")
                 raise interrupts.Interrupted(interrupts.signal_number(exc), resume_command(config, storage)) from None
+            check_outage(results, status, config, storage)
             close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
             drop_lost_trials(MlflowClient(), step.experiment_id, parent.run_id, results)
             log_search_summary(parent, results, config, step.data, name, study, time.perf_counter() - began)

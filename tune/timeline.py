@@ -127,9 +127,15 @@ class TrialProgress(Callback):
             failure, val_loss = f"FAILED, its loss diverged at epoch {epochs}", float("nan")
         outcome = failure or ("ran to the end" if epochs >= self.max_epochs else f"stopped early at epoch {epochs}")
         name = result.get("mlflow_run_name", trial.trial_id)
-        print(f"[{done}/{self.num_samples}] trial {name}: {outcome}, val_loss {val_loss:.5f}, "
+        print(f"{progress_bar(done, self.num_samples)} trial {name}: {outcome}, val_loss {val_loss:.5f}, "
               f"best so far {self.best:.5f}; {format_seconds(time.time() - self.began)} elapsed"
               + (f", ~{format_seconds(eta)} left" if left else ""), flush=True)
+
+
+def progress_bar(done: int, total: int, width: int = 12) -> str:
+    """`[#####-------] 5/12`: how far a search (or a study) is, at a glance."""
+    filled = round(width * done / max(total, 1))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
 
 
 def format_seconds(seconds: float) -> str:

@@ -22,13 +22,14 @@ import mlflow
 import ray
 import torch
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
 from experiments import train_cae
 from experiments.data import FashionMNIST, PackedFashionMNIST
-from experiments.tracking import StepRun
+from experiments.tracking import StepRun, TrackingUnavailable, monitor_system_metrics, tracking_reachable
 from experiments.training import Diverged, seed_everything
 
 CHECKPOINT_FILE = "trial.pt"
@@ -122,11 +123,24 @@ def ignore_exits_in_callbacks(unraisable) -> None:
 
 
 def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None:
-    """Train one CAE with the trial's hyperparameters, reporting and checkpointing every epoch."""
+    """Train one CAE with the trial's hyperparameters, reporting and checkpointing every epoch.
+    A tracking server gone for longer than MLflow's retries fails the trial with TrackingUnavailable."""
+    try:
+        run_trial(config, data, setup)
+    except MlflowException as exc:
+        if tracking_reachable(setup.tracking_uri):
+            raise
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {setup.tracking_uri} stopped answering ({str(exc).splitlines()[0][:200]}); "
+            "this trial stops at its last checkpoint, and resume=true continues it.") from None
+
+
+def run_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None:
     entered_at = time.time()
     sys.unraisablehook = ignore_exits_in_callbacks
     cae_config = dataclasses.replace(setup.base, **config)
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     mlflow.set_tracking_uri(setup.tracking_uri)
     mlflow.set_experiment(experiment_id=setup.experiment_id)  # logged models live in the run's experiment
@@ -137,6 +151,7 @@ def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> No
     # A retry after a crash, or a resumed search, continues where it stopped.
     start_epoch = training.load_state_dict(load_checkpoint(checkpoint)) + 1 if checkpoint else 1
     run = StepRun(child_run_for_trial(MlflowClient(setup.tracking_uri), setup, config), echo=False)
+    monitor = monitor_system_metrics(run.run_id, setup.tracking_uri)
     # An attempt that died between logging an epoch and checkpointing it logged that epoch
     # already; the retry recomputes it from the same state and logs each epoch only once.
     logged = run.logged_epochs("val_loss")
@@ -163,3 +178,6 @@ def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> No
         run.set_tags(train_cae.divergence_tags(exc))
         tune.report({"epoch": exc.epoch, "val_loss": float("inf"), "diverged": True, **timing,
                      "mlflow_run_id": run.run_id})
+    finally:  # a trial the scheduler stops may not get here: its sampler stops once its run ends
+        if monitor is not None:
+            monitor.finish()
