@@ -115,7 +115,8 @@ EXPERIMENT_DESCRIPTION = """**fmae**: a convolutional autoencoder (CAE) on Fashi
 Optuna, its encoder fine-tuned into a classifier, a VAE beside it, and both latent spaces compared.
 
 - Runs named **main** hold a whole study: its headline metrics, a description linking each step, and report.html.
-- **tune** runs are searches; each trial is a child run (expand the row). Trials tagged `fmae.pruned=true` were
+- **tune** runs are searches; each trial is a child run: expand the `main` and `tune` rows (in the chart view
+  too) to see the trials and their `val_loss` curves. Trials tagged `fmae.pruned=true` were
   stopped early by the scheduler: the search working, not a failure. The best one is tagged `fmae.best_trial`.
 - Metric names mean one thing: `train_loss`/`val_loss` are the CAE's per-pixel MSE, `train_elbo`/`val_elbo` the
   VAE's nats per image, `train_nll`/`val_accuracy` the classifier's; `system/*` is CPU, memory and GPU use.
@@ -275,6 +276,10 @@ class StepRun:
     def __init__(self, run_id: str, echo: bool = True):
         self.run_id, self.echo = run_id, echo
         self.client = MlflowClient()
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """One batch; echoed as one line (an epoch's: `epoch   3  train_loss ...`)."""

@@ -57,6 +57,8 @@ def test_children_have_per_epoch_metrics_tags_and_honest_status(search):
     for child in search["children"]:
         tags = child.data.tags
         assert tags["ray.trial_id"] and len(tags["ray.node_id"]) > 20
+        for key in ("mlflow.user", "mlflow.source.name", "mlflow.source.type"):  # who ran it, from what
+            assert tags[key] == search["parent"].data.tags[key], key
         steps = [s for s, _ in metric_history(child.info.run_id, "val_loss")]
         assert steps == list(range(1, len(steps) + 1)) and steps, steps
         assert child.info.status == "FINISHED", child.info.status  # stopping early is not failing
@@ -184,6 +186,9 @@ def test_champion_is_registered_and_loads(search):
     assert f"runs/{trial}?workflowType=machine_learning)" in version.description
     assert "test_loss" in version.description and "http" not in version.description
     assert "alias **champion**" in MlflowClient().get_registered_model("fmae-cae-encoder").description.lower()
+    # the search's own run says what it found, linking its best trial
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**Search of 6 trials**") and f"runs/{trial}?workflowType=machine_learning)" in note
 
 
 def test_pruned_trials_are_pruned_in_the_optuna_study(search):

@@ -26,7 +26,7 @@ from experiments.config import CommonConfig, check_named, check_positive
 from experiments.data import FashionMNIST
 from experiments.errors import UserError
 from experiments.step import open_step
-from experiments.tracking import StepRun, TrackingUnavailable, tracking_reachable, tracking_uri
+from experiments.tracking import StepRun, TrackingUnavailable, tracking_reachable, tracking_uri, ui_path
 from fmae_models import CAE, CAEConfig
 from tune import search_plots
 from tune.child_runs import ChildRunStatus, close_open_children, drop_lost_trials
@@ -234,6 +234,11 @@ def fit(tuner: tune.Tuner, num_samples: int) -> tune.ResultGrid:
     return results
 
 
+# Who ran the search and from what: MLflow sets these on the parent; its trials' runs show them too.
+SHARED_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
+               "mlflow.source.git.repoURL", "mlflow.project.entryPoint", "mlflow.project.env")
+
+
 def check_outage(results: tune.ResultGrid, status: ChildRunStatus, config: Config, storage: str) -> None:
     """After the search: if trials failed because the tracking server stopped answering for longer
     than MLflow's client retries, or it does not answer now, say so and how to resume (their
@@ -280,7 +285,8 @@ def summarize_trials(results: tune.ResultGrid, max_epochs: int, timeline: dict |
                      "epochs": epochs, "best_val_loss": best, "last_val_loss": last, "mlflow_run_id": run_id,
                      **{f"{k}_s": round(times[k], 2) for k in TIMELINE_COLUMNS if k in times}})
         if status == "finished":
-            curves[trial] = history.set_index("epoch")["val_loss"]
+            name = (result.metrics or {}).get("mlflow_run_name") or trial  # as the MLflow UI names it
+            curves[name] = history.set_index("epoch")["val_loss"]
     return pd.DataFrame(rows), curves
 
 
@@ -337,6 +343,16 @@ def log_search_summary(parent: StepRun, results: tune.ResultGrid, config: Config
         StepRun(trial_run).set_tags({"fmae.best_trial": "true"})
     parent.register(info.model_uri, config.register_as, ("test_loss", best_test), higher_is_better=False,
                     tags={"val_loss": best_val, "fmae.trial_run_id": trial_run, **best_config}, about=ABOUT)
+    counts = table["status"].value_counts()
+    best_link = f"[{best.metrics.get('mlflow_run_name', trial_run)}]({ui_path(parent.experiment_id, trial_run)})" \
+        if trial_run else "its trial"
+    parent.describe(
+        f"**Search of {len(table)} trials** (Ray Tune + Optuna TPE, ASHA stopping): {counts.get('finished', 0)} ran "
+        f"to the end, {counts.get('pruned', 0)} were stopped early, {counts.get('failed', 0)} failed. Expand this "
+        f"run in the table to see them as child runs.\n\nBest: {best_link}, val_loss **{best_val:.5f}**, "
+        f"test_loss **{best_test:.5f}**; its encoder is registered as `{config.register_as}`.\n\n"
+        "Figures (Artifacts): parallel_coordinates.png, learning_curves.png, param_importances.png, "
+        "reconstructions.png; every trial in search_results.csv.")
     print(f"best trial: val_loss {best_val:.5f}  test_loss {best_test:.5f}  "
           + "  ".join(f"{k}={v}" for k, v in best_config.items()))
     print(f"trials: {len(table)} ({(table['status'] == 'finished').sum()} finished, {table['pruned'].sum()} stopped "
@@ -361,6 +377,7 @@ def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
                 tracking_uri=tracking_uri(),
                 experiment_id=step.experiment_id,
                 parent_run_id=parent.run_id,
+                tags={k: v for k, v in parent.client.get_run(parent.run_id).data.tags.items() if k in SHARED_TAGS},
             )
             trainable = tune.with_parameters(train_trial, data=step.data.pack(), setup=setup)
             status = ChildRunStatus(setup.tracking_uri, config.max_epochs)

@@ -43,6 +43,7 @@ class TrialSetup:
     tracking_uri: str  # absolute, so trials in other folders or on other nodes write to it
     experiment_id: str
     parent_run_id: str
+    tags: dict = dataclasses.field(default_factory=dict)  # the parent's user and source tags, which trial runs share
 
 
 def stopped_early(result: dict | None, max_epochs: int) -> bool:
@@ -83,6 +84,7 @@ def child_run_for_trial(client: MlflowClient, setup: TrialSetup, config: dict) -
             "ray.trial_id": context.get_trial_id(),
             "ray.node_id": ray.get_runtime_context().get_node_id(),
             "fmae.step": "tune-trial",
+            **setup.tags,
         },
     )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
