@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Sets fmae up on a Debian/Ubuntu machine: the FashionMNIST data package and a Python
-# virtual environment in .venv with the project installed (console command `fmae`).
-# Safe to run again: it skips what is already there.
+# Sets fmae up on a Debian/Ubuntu machine: the FashionMNIST data package, Chromium (for the
+# MLflow UI test) and a Python virtual environment in .venv with the project installed (console
+# command `fmae`). Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+packages=()
 data=/usr/share/datasets/fashion-mnist
 if [ -z "${FMAE_DATA_DIR:-}" ] && [ ! -f "$data/t10k-labels-idx1-ubyte.gz" ]; then
+  packages+=(dataset-fashion-mnist)  # FashionMNIST into $data
+fi
+# tests/test_ui.py drives this browser headless through Playwright; Playwright's own
+# browser download (`playwright install`) reaches beyond the package registries, so it is not used.
+if ! command -v chromium >/dev/null; then
+  packages+=(chromium)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "Installing the Debian package dataset-fashion-mnist (FashionMNIST into $data) ..."
+  echo "Installing the Debian packages ${packages[*]} ..."
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q dataset-fashion-mnist
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${packages[@]}"
 fi
 
 python=${PYTHON:-python3}

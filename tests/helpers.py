@@ -70,20 +70,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(folder: Path, *args: str, port: int = 0, **env: str) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on 127.0.0.1 (port, else a free one) with a sqlite store in folder, serving
-    artifacts itself, plus args ("{port}" in them is its port); returns the process and its URL
-    once /health answers."""
+def start_mlflow_server(folder: Path, *args: str, port: int = 0, store: Path | None = None, wait_s: float = 120,
+                        **env: str) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on 127.0.0.1 (port, else a free one) with a sqlite store in folder (or the
+    existing sqlite file store), serving artifacts itself, plus args ("{port}" in them is its port);
+    returns the process and its URL once /health answers (within wait_s seconds)."""
     port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
+         "--backend-store-uri", f"sqlite:///{store or folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
          "--workers", "1", *(a.replace("{port}", str(port)) for a in args)],
         cwd=folder, env=subprocess_env(**env), stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
+            urllib.request.urlopen(f"{url}/health", timeout=5)  # a loaded machine answers the first one slowly
             return proc, url
         except OSError:
             time.sleep(0.5)
