@@ -1,4 +1,12 @@
-"""`main`: the whole study as one parent run, through `mlflow run . -e main`."""
+"""`main`: the whole study as one parent run, through `mlflow run . -e main`; and what a person
+then sees in the MLflow UI: headless Chromium (Debian's `chromium`, driven by Playwright) browsing
+a real `mlflow server` on the store that study wrote. One small study serves both (the `ui` tests
+leave screenshots in their tmp_path)."""
+
+import os
+import re
+import shutil
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -6,16 +14,37 @@ from mlflow.tracking import MlflowClient
 from experiments.errors import UserError
 from experiments.pipeline import Config
 from experiments.tracking import get_run
-from tests.helpers import fmae, mlflow_run, runs_of
+from tests.helpers import fmae, mlflow_run, runs_of, start_mlflow_server
 
-TINY = {"train_subset": 2000, "num_samples": 2, "max_epochs": 2, "grace_period": 1, "epochs": 1, "n_points": 300,
-        "top_encoders": 1}
+# Three trials: the two start points run to the end; Optuna's first draw (c8-d6, lr 1e-4) is
+# worse after epoch 1 than both, so ASHA stops it at its first rung. top_encoders=1: the best
+# finished trial's encoder is fine-tuned (mode=full) besides the frozen run on the champion.
+STUDY = {"train_subset": 2000, "num_samples": 3, "max_epochs": 2, "grace_period": 1, "epochs": 1, "n_points": 300,
+         "top_encoders": 1}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ML = "workflowType=machine_learning"  # the UI's training view (MLflow 3 opens experiments in its GenAI view)
+WAIT_MS = 60_000  # a loaded 2-core machine renders slowly
 
 
-def test_main_runs_the_steps_in_order_as_children(tmp_path, tracking):
-    mlflow_run("main", {**TINY, "storage_path": tmp_path / "ray"}, tmp_path)
+@pytest.fixture(scope="module")
+def study(module_store):
+    """The runs of one small `main`, by role; it must hold a stopped trial and a finished one."""
+    mlflow_run("main", {**STUDY, "storage_path": module_store / "ray"}, module_store)
     runs = runs_of()
-    (parent,) = [r for r in runs if r.data.tags.get("fmae.step") == "main"]
+    by_step = {r.data.tags.get("fmae.step"): r for r in runs}
+    trials = [r for r in runs if r.data.tags.get("fmae.step") == "tune-trial"]
+    pruned = [r for r in trials if r.data.tags.get("fmae.pruned") == "true"]
+    finished = [r for r in trials if "fmae.pruned" not in r.data.tags]
+    assert pruned and finished, [(r.info.run_name, r.data.tags.get("fmae.pruned")) for r in trials]
+    assert all(r.info.status == "FINISHED" for r in trials)
+    return {"main": by_step["main"], "tune": by_step["tune"], "vae": by_step["vae"], "trials": trials,
+            "pruned": pruned[0], "finished": finished[0], "experiment_id": by_step["main"].info.experiment_id,
+            "runs": runs}
+
+
+def test_main_runs_the_steps_in_order_as_children(study, tmp_path):
+    runs = study["runs"]
+    parent = study["main"]
     assert parent.info.status == "FINISHED" and parent.info.run_name == "main"
     steps = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     steps.sort(key=lambda r: r.info.start_time)
@@ -60,3 +89,176 @@ def test_main_rejects_a_parameter_no_step_takes():
 def test_main_bad_profile_exits_2(tmp_path, tracking):
     result = fmae(["main", "--profile", "huge"], tmp_path)
     assert result.returncode == 2 and "profile='huge'" in result.stderr
+
+
+# --- what a person sees in the MLflow UI -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ui(module_store, study):
+    """The URL of `mlflow server` serving the study's store (and its artifacts) on 127.0.0.1."""
+    proc, url = start_mlflow_server(module_store, store=module_store / "mlflow.db", wait_s=240)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the test extra has playwright: pip install -e '.[test]'")
+    if CHROMIUM is None:
+        message = "no chromium on PATH: scripts/setup.sh installs Debian's chromium package"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI's setup installs it: a skip there would hide a broken set-up
+        pytest.skip(message)
+    sync_api.expect.set_options(timeout=WAIT_MS)
+    with sync_api.sync_playwright() as playwright:
+        # Debian's Chromium, not one Playwright downloads (`playwright install` needs the internet)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    yield page
+    page.close()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def shown_text(markdown: str) -> str:
+    """The first line of a markdown text as a page shows it: links by their text, no emphasis or list marks."""
+    line = next(line for line in markdown.splitlines() if line.strip())
+    line = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", line)
+    line = re.sub(r"^\s*(#+|[-*+]|\d+\.)\s+", "", line)
+    return " ".join(re.sub(r"\*\*|__|\*|`", "", line).split())
+
+
+def tick_value(label: str) -> float:
+    """A Plotly axis label as a number ("0.08", "−0.1", "2k", "50m")."""
+    label = label.replace("\u2212", "-").strip()
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "m": 1e-3, "\u03bc": 1e-6, "\u00b5": 1e-6}.get(label[-1:], 1)
+    return float(label[:-1] if scale != 1 else label) * scale
+
+
+def curves(plot, runs: int) -> dict[str, float]:
+    """The runs a Plotly chart draws a curve for, each with its highest point, once it draws at least
+    `runs` of them (the UI fetches metric histories one run at a time)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while True:
+        drawn = dict(plot.evaluate(
+            "p => (p.data || []).filter(t => t.y && t.y.length).map(t => [t.name, Math.max(...t.y)])"))
+        if len(drawn) >= runs or time.monotonic() > deadline:
+            return drawn
+        time.sleep(0.5)
+
+
+def open_run_tree(page, ui, experiment_id, view=""):
+    """The experiment's training runs (table, or CHART view) with `main` and its `tune` step unfolded, as a
+    person does to reach the trials: they are grandchildren of `main`."""
+    page.goto(f"{ui}/#/experiments/{experiment_id}/runs?{ML}" + (f"&compareRunsMode={view}" if view else ""))
+    for parent in ("main", "tune"):
+        page.get_by_role("gridcell").filter(has=page.get_by_role("link", name=parent, exact=True)) \
+            .get_by_role("button").click()
+
+
+@pytest.mark.ui
+def test_main_run_shows_its_headline_metrics_and_a_description_linking_its_steps(page, ui, study, tmp_path):
+    main, eid = study["main"], study["experiment_id"]
+    page.goto(f"{ui}/#/experiments/{eid}/runs/{main.info.run_id}?{ML}")
+    expect(page.get_by_role("heading", name="main", exact=True)).to_be_visible()
+    for metric in ("best_test_loss", "test_accuracy", "test_recon_mse", "cae_knn_accuracy", "vae_knn_accuracy"):
+        row = page.get_by_role("row").filter(has=page.get_by_role("link", name=metric, exact=True))
+        row.scroll_into_view_if_needed()
+        expect(row).to_be_visible()
+        expect(row).to_contain_text(str(main.data.metrics[metric]))
+    page.screenshot(path=tmp_path / "main_metrics.png")
+    note = main.data.tags["mlflow.note.content"]
+    expect(page.get_by_text(shown_text(note))).to_be_visible()
+    show_more = page.get_by_text("Show more", exact=True)  # a long description opens folded
+    if show_more.count():
+        show_more.click()
+    page.screenshot(path=tmp_path / "main_description.png")
+    steps = {r.info.run_name: r for r in runs_of() if r.data.tags.get("mlflow.parentRunId") == main.info.run_id}
+    assert set(steps) == {"tune", "finetune", "vae", "analyze"}
+    for name, run in steps.items():  # links into the training view, not the GenAI one
+        expect(page.locator(f'a[href*="/runs/{run.info.run_id}?{ML}"]')).to_have_text(name)
+    with page.context.expect_page() as opened:  # the description's links open a new tab
+        page.locator(f'a[href*="/runs/{steps["tune"].info.run_id}?{ML}"]').click()
+    expect(opened.value.get_by_role("heading", name="tune", exact=True)).to_be_visible()
+    opened.value.close()
+
+
+@pytest.mark.ui
+def test_search_figures_are_served(page, ui, study, tmp_path):
+    page.goto(f"{ui}/#/experiments/{study['experiment_id']}/runs/{study['tune'].info.run_id}?{ML}")
+    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("learning_curves.png", exact=True).click()
+    page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth >= 400)")
+    page.screenshot(path=tmp_path / "learning_curves.png")
+
+
+@pytest.mark.ui
+def test_val_loss_chart_holds_only_the_cae_trials_on_their_scale(page, ui, study, tmp_path):
+    """val_loss is the CAE's MSE per pixel; the VAE's val_elbo (nats per image) must not share its
+    chart, or the trials' curves flatten at the bottom of a 0-500 axis."""
+    open_run_tree(page, ui, study["experiment_id"], view="CHART")
+    cae_runs = {r.info.run_name for r in runs_of() if "val_loss" in r.data.metrics}
+    assert cae_runs == {r.info.run_name for r in study["trials"]}
+
+    def chart(metric):
+        page.get_by_placeholder("Search metric charts").fill(metric)
+        card = page.get_by_test_id("experiment-view-compare-runs-card") \
+            .filter(has=page.get_by_text(metric, exact=True))
+        plotted = curves(card.locator(".js-plotly-plot"), len(cae_runs) if metric == "val_loss" else 1)
+        page.screenshot(path=tmp_path / f"chart_{metric}.png")
+        return plotted, [tick_value(t) for t in card.locator(".ytick text").all_text_contents()]
+
+    plotted, ticks = chart("val_loss")
+    assert set(plotted) == cae_runs and study["vae"].info.run_name not in plotted, plotted
+    assert ticks and all(0 <= t < 1 for t in ticks), ticks  # what a person reads off the axis
+    assert max(plotted.values()) < 1
+    # The check above can fail: the VAE's own chart is on a scale of hundreds of nats.
+    plotted, ticks = chart("val_elbo")
+    assert set(plotted) == {study["vae"].info.run_name} and max(ticks) > 1, (plotted, ticks)
+
+
+@pytest.mark.ui
+def test_compare_a_stopped_trial_with_a_finished_one(page, ui, study, tmp_path):
+    open_run_tree(page, ui, study["experiment_id"])
+    pair = [study["pruned"].info.run_name, study["finished"].info.run_name]
+    for name in pair:
+        row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
+        row.get_by_role("checkbox", name=re.compile("row selection")).check()
+    page.get_by_role("button", name="Compare").click()
+    expect(page.get_by_text("Run details")).to_be_visible()
+    expect(page.get_by_role("heading", name="Comparing 2 Runs from 1 Experiment")).to_be_visible()
+    for name in pair:
+        expect(page.get_by_text(name, exact=True).first).to_be_visible()
+    expect(page.get_by_role("row").filter(has=page.get_by_text("fmae.pruned", exact=True))).to_contain_text("true")
+    expect(page.get_by_text("trial_config.json").first).to_be_visible()  # the artifacts section (it broke Compare once)
+    for tab in ("Scatter Plot", "Box Plot", "Contour Plot", "Parallel Coordinates Plot"):
+        page.get_by_role("tab", name=tab).click()
+        page.screenshot(path=tmp_path / f"compare_{tab.split()[0].lower()}.png")
+        expect(page.get_by_text("Something went wrong")).to_have_count(0)
+    page.get_by_role("link", name="val_loss", exact=True).click()  # both runs' curves on one chart
+    assert set(curves(page.locator(".js-plotly-plot"), 2)) == set(pair)
+    page.screenshot(path=tmp_path / "compare_val_loss.png")
+    expect(page.get_by_text("Something went wrong")).to_have_count(0)
+
+
+@pytest.mark.ui
+def test_champion_encoder_version_page_shows_its_description(page, ui, study, tmp_path):
+    version = MlflowClient().get_model_version_by_alias("fmae-cae-encoder", "champion")
+    page.goto(f"{ui}/#/models/fmae-cae-encoder/versions/{version.version}")
+    expect(page.get_by_role("heading", name=f"Version {version.version}")).to_be_visible()
+    expect(page.get_by_role("status", name="champion")).to_be_visible()  # its alias tag "@ champion"
+    page.screenshot(path=tmp_path / "champion.png")
+    assert (version.description or "").strip(), f"fmae-cae-encoder version {version.version} has no description"
+    expect(page.get_by_text(shown_text(version.description)).first).to_be_visible()
