@@ -1,6 +1,8 @@
 """What the tests share besides fixtures: running steps as users do, reading MLflow back."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -70,22 +72,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(folder: Path, *args: str, port: int = 0, **env: str) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on 127.0.0.1 (port, else a free one) with a sqlite store in folder, serving
-    artifacts itself, plus args ("{port}" in them is its port); returns the process and its URL
-    once /health answers."""
+def start_mlflow_server(folder: Path, *args: str, port: int = 0, store: str = "", command: str = "server",
+                        workers: int | None = 1, **env: str) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` (or `mlflow ui`) on 127.0.0.1 (port, else a free one) with store as its
+    backend (else a sqlite file in folder), serving artifacts itself, with `workers` workers
+    (None: MLflow's default), plus args ("{port}" in them is its port); returns the process and
+    its URL once /health answers. Its log is folder/server.log."""
     port = port or free_port()
+    store = store or f"sqlite:///{folder / 'server.db'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--workers", "1", *(a.replace("{port}", str(port)) for a in args)],
-        cwd=folder, env=subprocess_env(**env), stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
+        [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", store, "--artifacts-destination", str(folder / "artifacts"),
+         *(["--workers", str(workers)] if workers else []), *(a.replace("{port}", str(port)) for a in args)],
+        cwd=folder, env=subprocess_env(**env), stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT,
+        start_new_session=True)  # its uvicorn and job runner with it, for the kill below
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240  # a busy 2-core machine: a minute or more
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
+            urllib.request.urlopen(f"{url}/health", timeout=2)
             return proc, url
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    with contextlib.suppress(ProcessLookupError):  # SIGKILL to `mlflow server` alone would orphan its uvicorn
+        os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError((folder / "server.log").read_text()[-3000:])
+
+
+def stop_mlflow_server(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server start_mlflow_server started, and all it started: uvicorn and MLflow's job
+    runner, whose consumers outlive a SIGTERM to `mlflow server` alone. SIGKILL after timeout."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

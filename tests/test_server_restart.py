@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import start_mlflow_server, subprocess_env
+from tests.helpers import start_mlflow_server, stop_mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 OUTAGE_SECONDS = 20
@@ -28,8 +28,7 @@ def test_a_search_rides_out_a_tracking_server_restart(tmp_path):
     while not client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0"):
         assert search.poll() is None and time.time() < deadline, search.communicate()[1][-3000:]
         time.sleep(1)
-    server.terminate()  # a restart: the trials are mid-training, the driver mid-search
-    server.wait(30)
+    stop_mlflow_server(server)  # a restart: the trials are mid-training, the driver mid-search
     time.sleep(OUTAGE_SECONDS)
     server, _ = start_mlflow_server(folder, port=int(url.rsplit(":", 1)[1]))
     try:
@@ -45,5 +44,4 @@ def test_a_search_rides_out_a_tracking_server_restart(tmp_path):
                 steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
                 assert steps == [1, 2, 3], (child.info.run_name, key, steps)
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_mlflow_server(server)
