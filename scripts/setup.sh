@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Sets fmae up on a Debian/Ubuntu machine: the FashionMNIST data package and a Python
-# virtual environment in .venv with the project installed (console command `fmae`).
+# Sets fmae up on a Debian/Ubuntu machine: the FashionMNIST data package, PostgreSQL (the cluster
+# recipe's tracking database) and a Python virtual environment in .venv with the project installed
+# (console command `fmae`).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+updated=""
+apt_install() {
+  [ -n "$updated" ] || { $sudo apt-get update -q; updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+}
+
 data=/usr/share/datasets/fashion-mnist
 if [ -z "${FMAE_DATA_DIR:-}" ] && [ ! -f "$data/t10k-labels-idx1-ubyte.gz" ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "Installing the Debian package dataset-fashion-mnist (FashionMNIST into $data) ..."
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q dataset-fashion-mnist
+  apt_install dataset-fashion-mnist
+fi
+
+# PostgreSQL: the cluster recipe's tracking database, and the one the cluster tests start.
+if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; then
+  echo "Installing the Debian package postgresql (the cluster recipe's tracking database) ..."
+  apt_install postgresql
 fi
 
 python=${PYTHON:-python3}
