@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# Sets fmae up on a Debian/Ubuntu machine: the FashionMNIST data package, Chromium (for the
-# MLflow UI test) and a Python virtual environment in .venv with the project installed (console
-# command `fmae`). Safe to run again: it skips what is already there.
+# Sets fmae up on a Debian/Ubuntu machine: the FashionMNIST data package, PostgreSQL (the cluster
+# recipe's tracking database), Chromium (for the MLflow UI tests) and a Python virtual environment
+# in .venv with the project installed (console command `fmae`).
+# Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=()
+sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+updated=""
+apt_install() {
+  [ -n "$updated" ] || { $sudo apt-get update -q; updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+}
+
 data=/usr/share/datasets/fashion-mnist
 if [ -z "${FMAE_DATA_DIR:-}" ] && [ ! -f "$data/t10k-labels-idx1-ubyte.gz" ]; then
-  packages+=(dataset-fashion-mnist)  # FashionMNIST into $data
+  echo "Installing the Debian package dataset-fashion-mnist (FashionMNIST into $data) ..."
+  apt_install dataset-fashion-mnist
 fi
-# tests/test_ui.py drives this browser headless through Playwright; Playwright's own
-# browser download (`playwright install`) reaches beyond the package registries, so it is not used.
+
+# The ui tests (tests/test_pipeline.py) drive this browser headless through Playwright; Playwright's
+# own browser download (`playwright install`) reaches beyond the package registries, so it is not used.
 if ! command -v chromium >/dev/null; then
-  packages+=(chromium)
+  echo "Installing the Debian package chromium (the MLflow UI tests' browser) ..."
+  apt_install chromium
 fi
-if [ ${#packages[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "Installing the Debian packages ${packages[*]} ..."
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${packages[@]}"
+
+# PostgreSQL: the cluster recipe's tracking database, and the one the cluster tests start.
+if ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; then
+  echo "Installing the Debian package postgresql (the cluster recipe's tracking database) ..."
+  apt_install postgresql
 fi
 
 python=${PYTHON:-python3}

@@ -5,6 +5,7 @@ import mlflow
 import pytest
 
 from experiments.data import load_fashion_mnist
+from tests.postgres import throwaway_postgres
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,11 @@ def module_store(tmp_path_factory, request):
     mp.undo()
     mlflow.set_tracking_uri(None)
 
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL on 127.0.0.1 for one test module (tests/postgres.py); yields the
+    URI of its empty database, postgresql://fmae:...@127.0.0.1:PORT/mlflow."""
+    with throwaway_postgres() as uri:
+        yield uri

@@ -1,6 +1,8 @@
 """What the tests share besides fixtures: running steps as users do, reading MLflow back."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,13 +25,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def mlflow_run(entry_point: str, params: dict, tmp_path: Path, experiment: str = "fmae-test",
-               check: bool = True, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
-    """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it (env: more variables)."""
+               check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it."""
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local",
            "--experiment-name", experiment]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -70,24 +72,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(folder: Path, *args: str, port: int = 0, store: Path | None = None, wait_s: float = 120,
-                        **env: str) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on 127.0.0.1 (port, else a free one) with a sqlite store in folder (or the
-    existing sqlite file store), serving artifacts itself, plus args ("{port}" in them is its port);
-    returns the process and its URL once /health answers (within wait_s seconds)."""
+def start_mlflow_server(folder: Path, *args: str, port: int = 0, store: str = "", command: str = "server",
+                        workers: int | None = 1, **env: str) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` (or `mlflow ui`) on 127.0.0.1 (port, else a free one) with store as its
+    backend (else a sqlite file in folder), serving artifacts itself, with `workers` workers
+    (None: MLflow's default), plus args ("{port}" in them is its port); returns the process and
+    its URL once /health answers. Its log is folder/server.log."""
     port = port or free_port()
+    store = store or f"sqlite:///{folder / 'server.db'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store or folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts"),
-         "--workers", "1", *(a.replace("{port}", str(port)) for a in args)],
-        cwd=folder, env=subprocess_env(**env), stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+        [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", store, "--artifacts-destination", str(folder / "artifacts"),
+         *(["--workers", str(workers)] if workers else []), *(a.replace("{port}", str(port)) for a in args)],
+        cwd=folder, env=subprocess_env(**env), stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT,
+        start_new_session=True)  # its uvicorn and job runner with it, for the kill below
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240  # a busy 2-core machine: a minute or more
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=5)  # a loaded machine answers the first one slowly
             return proc, url
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    with contextlib.suppress(ProcessLookupError):  # SIGKILL to `mlflow server` alone would orphan its uvicorn
+        os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError((folder / "server.log").read_text()[-3000:])
+
+
+def stop_mlflow_server(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server start_mlflow_server started, and all it started: uvicorn and MLflow's job
+    runner, whose consumers outlive a SIGTERM to `mlflow server` alone. SIGKILL after timeout."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

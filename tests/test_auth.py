@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, fmae, start_mlflow_server
+from tests.helpers import ROOT, fmae, start_mlflow_server, stop_mlflow_server
 
 pytestmark = pytest.mark.slow
 PASSWORD = secrets.token_urlsafe(18)
@@ -25,8 +25,7 @@ def server(tmp_path_factory):
                                     MLFLOW_AUTH_CONFIG_PATH=str(ROOT / "deploy" / "mlflow-auth.ini"),
                                     MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
     yield url, folder
-    proc.terminate()
-    proc.wait(30)
+    stop_mlflow_server(proc)
 
 
 def get(url: str, user: str | None = None, password: str | None = None) -> int:

@@ -1,5 +1,5 @@
-"""Searches on a real two-node Ray cluster logging to a real MLflow server, a worker that dies
-mid-trial, a driver killed mid-search and resumed, and an unreachable tracking server.
+"""Searches on a real two-node Ray cluster logging to a real MLflow server on PostgreSQL, a
+worker that dies mid-trial, a driver killed mid-search and resumed, and an unreachable tracking server.
 Everything runs on 127.0.0.1, started by the tests."""
 
 import os
@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 import mlflow
+import psycopg
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.tune import Callback
 
-from tests.helpers import ROOT, assert_png, fmae, free_port, metric_history, start_mlflow_server, subprocess_env
+from tests.helpers import (ROOT, assert_png, fmae, free_port, metric_history, start_mlflow_server, stop_mlflow_server,
+                           subprocess_env)
 
 pytestmark = pytest.mark.slow
 SMALL = ["--num_samples", "4", "--max_epochs", "3", "--grace_period", "3", "--train_subset", "2000"]
@@ -24,12 +26,11 @@ RESUMED = ["--num_samples", "3", "--max_epochs", "2", "--grace_period", "2", "--
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """`mlflow server` with a sqlite backend, serving artifacts itself."""
-    proc, url = start_mlflow_server(tmp_path_factory.mktemp("server"))
+def mlflow_server(tmp_path_factory, postgres):
+    """`mlflow server` on PostgreSQL, as the cluster recipe runs it, serving artifacts itself."""
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("server"), store=postgres)
     yield url
-    proc.terminate()
-    proc.wait(30)
+    stop_mlflow_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,17 @@ def test_trials_ran_on_both_nodes_and_logged_to_the_server(cluster_search):
     assert len({c.data.tags["ray.node_id"] for c in children}) >= 2
     assert all(c.info.status == "FINISHED" for c in children)
     assert all(c.info.artifact_uri.startswith("mlflow-artifacts:") for c in children)  # served, not driver paths
+
+
+def test_the_server_keeps_the_search_in_postgresql(cluster_search, postgres):
+    """The recipe's database, not some file beside the server, holds the runs and their epochs."""
+    children = [c.info.run_id for c in cluster_search["children"]]
+    with psycopg.connect(postgres) as db:
+        stored = {run_id for (run_id,) in db.execute("SELECT run_uuid FROM runs")}
+        (epochs,) = db.execute("SELECT count(*) FROM metrics WHERE key = 'val_loss' AND run_uuid = ANY(%s)",
+                               (children,)).fetchone()
+    assert {cluster_search["parent"].info.run_id, *children} <= stored
+    assert epochs == 4 * 3  # 4 trials x 3 epochs, each once
 
 
 def test_artifacts_and_champion_come_through_the_server(cluster_search, tmp_path):

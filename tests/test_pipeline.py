@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from experiments.errors import UserError
 from experiments.pipeline import Config
 from experiments.tracking import get_run
-from tests.helpers import fmae, mlflow_run, runs_of, start_mlflow_server
+from tests.helpers import fmae, mlflow_run, runs_of, start_mlflow_server, stop_mlflow_server
 
 # Three trials: the two start points run to the end; Optuna's first draw (c8-d6, lr 1e-4) is
 # worse after epoch 1 than both, so ASHA stops it at its first rung. top_encoders=1: the best
@@ -96,10 +96,9 @@ def test_main_bad_profile_exits_2(tmp_path, tracking):
 @pytest.fixture(scope="module")
 def ui(module_store, study):
     """The URL of `mlflow server` serving the study's store (and its artifacts) on 127.0.0.1."""
-    proc, url = start_mlflow_server(module_store, store=module_store / "mlflow.db", wait_s=240)
+    proc, url = start_mlflow_server(module_store, store=f"sqlite:///{module_store / 'mlflow.db'}")
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_mlflow_server(proc)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import start_mlflow_server, subprocess_env
+from tests.helpers import start_mlflow_server, stop_mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 OUTAGE_SECONDS = 20
@@ -32,8 +32,7 @@ def start_search_and_stop_the_server(tmp_path, **env):
     while not client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0"):
         assert search.poll() is None and time.time() < deadline, search.communicate()[1][-3000:]
         time.sleep(1)
-    server.terminate()  # a restart: the trials are mid-training, the driver mid-search
-    server.wait(30)
+    stop_mlflow_server(server)  # a restart: the trials are mid-training, the driver mid-search
     return folder, url, client, search
 
 
@@ -58,8 +57,7 @@ def test_a_search_rides_out_a_tracking_server_restart(tmp_path):
         assert search.returncode == 0, err[-3000:]
         assert_one_finished_trial_with_each_epoch_once(client)
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_mlflow_server(server)
 
 
 def test_an_outage_longer_than_the_retries_fails_clearly_and_the_search_resumes(tmp_path):
@@ -80,5 +78,4 @@ def test_an_outage_longer_than_the_retries_fails_clearly_and_the_search_resumes(
         assert result.returncode == 0, result.stderr[-3000:]
         assert_one_finished_trial_with_each_epoch_once(client)  # the same parent and child, each epoch once
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_mlflow_server(server)
