@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     interrupts.install()
+    launched = os.environ.get("MLFLOW_RUN_ID")  # the run `mlflow run` made (MLflow unsets this once it ends)
     try:
         run_step(argv[0], argv[1:])
     except UserError as exc:
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         resume = getattr(exc, "resume", "")
         print(f"fmae {argv[0]}: interrupted by {signal.Signals(signum).name}; its runs are marked KILLED."
               + (f" To resume the search: {resume}" if resume else ""), file=sys.stderr, flush=True)
+        if launched:
+            from experiments.tracking import keep_killed_under_mlflow_run
+
+            keep_killed_under_mlflow_run(launched)
         return 128 + signum
     return 0
 

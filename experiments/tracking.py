@@ -200,6 +200,32 @@ def end_run_if_reachable(status: str) -> None:
               f"{mlflow.active_run().info.run_id} could not be marked {status}.", file=sys.stderr, flush=True)
 
 
+# Run by keep_killed_under_mlflow_run in a process of its own: until the `mlflow run` wrapper has
+# marked the run (at most `timeout` s), then back to KILLED if it made it FAILED.
+_KEEP_KILLED = """
+import sys, time
+from mlflow.tracking import MlflowClient
+run_id, timeout = sys.argv[1], float(sys.argv[2])
+client, deadline = MlflowClient(), time.time() + timeout
+while time.time() < deadline:
+    if client.get_run(run_id).info.status == "FAILED":
+        client.set_terminated(run_id, "KILLED")
+        break
+    time.sleep(0.5)
+"""
+
+
+def keep_killed_under_mlflow_run(run_id: str, timeout: float = 60) -> None:
+    """An interrupted step under `mlflow run` ends its run KILLED, but MLflow 3.17's wrapper then
+    marks it FAILED anyway (its _maybe_set_run_terminated compares the run's status string with
+    RunStatus numbers, so no status counts as final). A detached process waits for that and puts
+    KILLED back once the wrapper has exited."""
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-c", _KEEP_KILLED, run_id, str(timeout)], start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()})
+
+
 def describe_rejected_launch(message: str) -> None:
     """`mlflow run` creates its run before the step reads its parameters; when the step rejects
     them, that run (which MLflow then marks FAILED) says why in its description."""

@@ -33,7 +33,7 @@ def get(url: str, user: str | None = None, password: str | None = None) -> int:
     if user:
         request.add_header("Authorization", "Basic " + b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:  # its first answer is slow on a loaded machine
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code

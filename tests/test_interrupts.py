@@ -112,3 +112,21 @@ def test_sigterm_to_the_mlflow_run_wrapper_reaches_the_step(tmp_path, tracking):
     while time.time() < deadline and all_runs()[0].info.status == "RUNNING":
         time.sleep(1)
     assert all_runs()[0].info.status == "KILLED"
+
+
+def test_ctrl_c_to_mlflow_run_and_its_step_leaves_the_run_killed(tmp_path, tracking):
+    """Ctrl-C in a terminal reaches `mlflow run` and its step together. MLflow 3.17's wrapper then
+    marks the run FAILED over the step's KILLED; fmae puts KILLED back once the wrapper is gone."""
+    all_runs()  # the store's tables first: two processes creating them at once trip each other's migrations
+    proc = start([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train_cae", "--env-manager", "local",
+                  "-P", "epochs=100", "-P", "train_subset=2000"], tmp_path)
+    wait_for_an_epoch(proc, trial=False)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    # the step gets the SIGINT, or the SIGTERM the wrapper cancels it with, whichever comes first
+    assert "fmae train_cae: interrupted by SIG" in err, err[-3000:]
+    deadline = time.time() + 60
+    while time.time() < deadline and all_runs()[0].info.status != "KILLED":
+        time.sleep(1)
+    time.sleep(3)  # and it stays so
+    assert all_runs()[0].info.status == "KILLED"
