@@ -350,6 +350,10 @@ def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
                 with interrupts.deferred():
                     close_open_children(MlflowClient(), step.experiment_id, parent.run_id, "KILLED")
                 raise interrupts.Interrupted(interrupts.signal_number(exc), resume_command(config, storage)) from None
+            except Exception:  # Ray Tune gave up (e.g. a trial's process killed for memory): no trial stays RUNNING
+                with interrupts.deferred():
+                    close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
+                raise
             close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
             drop_lost_trials(MlflowClient(), step.experiment_id, parent.run_id, results)
             log_search_summary(parent, results, config, step.data, name, study, time.perf_counter() - began)
