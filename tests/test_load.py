@@ -1,7 +1,7 @@
 """Load on one store: two searches at once, eight concurrent trials each, write to one sqlite
 file while `mlflow ui` reads it. Every trial logs each epoch exactly once, and no "database is
 locked" reaches the user: not the searches' consoles, not the UI's answers or its log.
-Sixteen trial processes at once need about 12 GB of memory at their peak."""
+Sixteen trial processes at once need 12–14 GB of memory at their peak."""
 
 import json
 import subprocess

@@ -299,3 +299,21 @@ def test_a_diverging_trial_fails_alone_and_optuna_is_told(tracking, small_data, 
     table, _ = search_module.summarize_trials(results, 2)
     assert sorted(table["status"]) == ["failed", "finished"]
     assert results.get_best_result(scope="all").config["optimizer"] == "adam"
+
+
+class GiveUp(ray_tune.Callback):
+    """Ray Tune giving up on a search, as when Ray's memory monitor kills a trial's process while
+    it starts (tuner.fit raised "Caught unexpected exception: 1 worker(s) were killed ...")."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        raise RuntimeError("Ray Tune gave up")
+
+
+def test_a_search_ray_gives_up_on_leaves_no_trial_running(tracking, tmp_path):
+    config = search_module.Config(num_samples=1, max_epochs=2, grace_period=2, train_subset=1000,
+                                  storage_path=str(tmp_path / "ray"))
+    with pytest.raises(Exception, match="Ray Tune gave up"):
+        search_module.run(config, callbacks=(GiveUp(),))
+    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("fmae").experiment_id])
+    assert sorted((r.data.tags.get("fmae.step"), r.info.status) for r in runs) == [("tune", "FAILED"),
+                                                                                   ("tune-trial", "FAILED")]

@@ -390,6 +390,11 @@ def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
                 with interrupts.deferred():
                     close_open_children(MlflowClient(), step.experiment_id, parent.run_id, "KILLED")
                 raise interrupts.Interrupted(interrupts.signal_number(exc), resume_command(config, storage)) from None
+            except Exception:  # Ray Tune gave up (e.g. a trial's process killed for memory): no trial stays RUNNING
+                with interrupts.deferred():
+                    if tracking_reachable():
+                        close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
+                raise
             check_outage(results, status, config, storage)
             close_open_children(MlflowClient(), step.experiment_id, parent.run_id)
             drop_lost_trials(MlflowClient(), step.experiment_id, parent.run_id, results)
