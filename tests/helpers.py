@@ -25,13 +25,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def mlflow_run(entry_point: str, params: dict, tmp_path: Path, experiment: str = "fmae-test",
-               check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it."""
+               check: bool = True, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it (env: more variables)."""
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local",
            "--experiment-name", experiment]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
