@@ -42,4 +42,4 @@ def open_step(name: str, config: CommonConfig, *, data: bool = True, data_on_dev
         if dataset is not None:
             log_dataset(dataset)
         seed_everything(config.seed)
-        yield Step(name, StepRun(run.info.run_id), dataset, config.torch_device, run.info.experiment_id)
+        yield Step(name, StepRun(run.info.run_id, epochs=getattr(config, "epochs", 0)), dataset, config.torch_device, run.info.experiment_id)

@@ -299,8 +299,11 @@ class StepRun:
     """One MLflow run as a step (or a search trial) writes to it: metrics per epoch and at the
     end, params, tags, tables, figures and models. Steps reach MLflow only through this."""
 
-    def __init__(self, run_id: str, echo: bool = True):
+    ECHOED_EPOCHS = 20  # a long run's console shows about this many epoch lines; MLflow holds them all
+
+    def __init__(self, run_id: str, echo: bool = True, epochs: int = 0):
         self.run_id, self.echo = run_id, echo
+        self.echo_every = max(1, -(-epochs // self.ECHOED_EPOCHS))  # ceil: 100 epochs -> every 5th
         self.client = MlflowClient()
 
     @property
@@ -311,9 +314,10 @@ class StepRun:
         """One batch; echoed as one line (an epoch's: `epoch   3  train_loss ...`)."""
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
-        if self.echo:
+        if self.echo and (step is None or step == 1 or step % self.echo_every == 0):
             prefix = f"epoch {step:3d}  " if step is not None else ""
-            print(prefix + "  ".join(f"{k} {v:.5g}" for k, v in metrics.items()), flush=True)
+            suffix = f"  (one epoch in {self.echo_every} echoed here; MLflow holds them all)" if step == 1 and self.echo_every > 1 else ""
+            print(prefix + "  ".join(f"{k} {v:.5g}" for k, v in metrics.items()) + suffix, flush=True)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """The training loop's report(epoch, metrics): `step` = epoch, 1-based."""

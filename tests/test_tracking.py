@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import torch
 
-from experiments.tracking import log_module
+from experiments.tracking import StepRun, log_module
 from fmae_models import CAE, CAEConfig
 
 
@@ -27,3 +27,14 @@ def test_a_logged_encoder_loads_with_pyfunc_where_cuda_is_present(tracking, monk
     with torch.no_grad():
         graph_output = mlflow.pytorch.load_model(info.model_uri)(torch.from_numpy(x)).numpy()
     assert np.allclose(graph_output, expected, atol=1e-5)
+
+
+def test_a_long_run_echoes_about_twenty_epochs_and_logs_all_of_them(tracking, capsys):
+    with mlflow.start_run() as run:
+        step_run = StepRun(run.info.run_id, epochs=100)
+        for epoch in range(1, 101):
+            step_run.log_epoch(epoch, {"train_nll": 1 / epoch})
+    echoed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert [int(line.split()[1]) for line in echoed] == [1, *range(5, 101, 5)]
+    assert "one epoch in 5 echoed here" in echoed[0]
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_nll")) == 100
