@@ -166,6 +166,9 @@ def build_tuner(config: Config, trainable, name: str, storage: str, study: Path,
         # older one prints nothing at 0. The "Tuner.restore" hint on an interrupt is Ray's API,
         # not a command a user runs: fmae prints its own resume command.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # With a tracking server, MLflow prints two "View run/experiment" lines as each trial's run
+        # ends (into its GenAI view); fmae's one line per trial, and the step's own link, say it.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     trainable = tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     path = f"{storage.rstrip('/')}/{name}"
