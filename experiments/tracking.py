@@ -105,10 +105,23 @@ def tracking_reachable(uri: str | None = None) -> bool:
 
 
 def choose_experiment() -> None:
-    """`mlflow run`'s experiment if it started us, else $MLFLOW_EXPERIMENT_NAME/_ID, else fmae."""
+    """`mlflow run`'s experiment if it started us, else $MLFLOW_EXPERIMENT_NAME/_ID, else fmae.
+
+    Created here, not by `mlflow.set_experiment` alone: when two processes create the same new
+    experiment at once, MLflow 3.17's set_experiment returns to the one that lost the race
+    without making the experiment active, and its runs land in Default (on a store `mlflow ui`
+    created, one whose artifacts only a server can take, so its first artifact fails)."""
     if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    client = MlflowClient()
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # else another process made it first
+                raise
+    mlflow.set_experiment(name)  # it exists now: made active (or refused, if deleted)
 
 
 EXPERIMENT_DESCRIPTION = """**fmae**: a convolutional autoencoder (CAE) on FashionMNIST, tuned with Ray Tune and

@@ -6,8 +6,10 @@ import mlflow
 import numpy as np
 import torch
 
-from experiments.tracking import StepRun, log_module
+from experiments.tracking import DEFAULT_EXPERIMENT, StepRun, log_module, start_step_run
 from fmae_models import CAE, CAEConfig
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.client import TrackingServiceClient
 
 
 def test_a_logged_encoder_loads_with_pyfunc_where_cuda_is_present(tracking, monkeypatch, caplog):
@@ -38,3 +40,23 @@ def test_a_long_run_echoes_about_twenty_epochs_and_logs_all_of_them(tracking, ca
     assert [int(line.split()[1]) for line in echoed] == [1, *range(5, 101, 5)]
     assert "one epoch in 5 echoed here" in echoed[0]
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_nll")) == 100
+
+
+def test_a_step_that_loses_the_race_to_create_the_experiment_still_runs_in_it(tracking, monkeypatch):
+    """Two searches started at once on a new store both create the fmae experiment. The loser's
+    runs used to land in Default; on a store `mlflow ui` had created, Default's artifacts go
+    only through a server, and the search crashed at its first artifact (seen in CI)."""
+    lookup = TrackingServiceClient.get_experiment_by_name  # under MlflowClient and mlflow.set_experiment
+    raced = []
+
+    def other_process_creates_it_first(self, name):
+        if not raced:  # this lookup misses it; the other process creates it just after
+            raced.append(MlflowClient(tracking).create_experiment(name))
+            return None
+        return lookup(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", other_process_creates_it_first)
+    with start_step_run("tune", {"seed": 0}) as run:
+        mlflow.log_text("a figure", "figure.txt")
+    assert raced and run.info.experiment_id == raced[0]
+    assert MlflowClient().get_experiment(run.info.experiment_id).name == DEFAULT_EXPERIMENT
