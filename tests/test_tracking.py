@@ -5,11 +5,11 @@ import logging
 import mlflow
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.client import TrackingServiceClient
 
 from experiments.tracking import DEFAULT_EXPERIMENT, StepRun, log_module, start_step_run
 from fmae_models import CAE, CAEConfig
-from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service.client import TrackingServiceClient
 
 
 def test_a_logged_encoder_loads_with_pyfunc_where_cuda_is_present(tracking, monkeypatch, caplog):
