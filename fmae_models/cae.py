@@ -98,11 +98,14 @@ class CAE(nn.Module):
 
 
 @torch.no_grad()
-def sample_fitted_gaussian(decoder: Decoder, codes: torch.Tensor, n: int,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_fitted_gaussian(
+    decoder: Decoder, codes: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A CAE has no prior: decode n draws from a Gaussian fitted to its codes (N, d): (n, 1, 28, 28)."""
     codes = codes.detach().double().cpu()
-    cov = torch.cov(codes.T) + 1e-6 * torch.eye(codes.shape[1], dtype=torch.float64)  # dead dims: still positive definite
+    cov = torch.cov(codes.T) + 1e-6 * torch.eye(
+        codes.shape[1], dtype=torch.float64
+    )  # dead dims: still positive definite
     eps = torch.randn(n, codes.shape[1], generator=generator, dtype=torch.float64)  # (n, d)
     z = codes.mean(0) + eps @ torch.linalg.cholesky(cov).T  # (n, d) with the codes' mean and covariance
     decoder.eval()

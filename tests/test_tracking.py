@@ -8,7 +8,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.client import TrackingServiceClient
 
-from experiments.tracking import DEFAULT_EXPERIMENT, StepRun, log_module, start_step_run
+from experiments.tracking.models import log_module
+from experiments.tracking.runs import DEFAULT_EXPERIMENT, start_step_run
+from experiments.tracking.step_run import StepRun
 from fmae_models import CAE, CAEConfig
 
 

@@ -5,7 +5,7 @@ import mlflow
 import pytest
 import torch
 
-from experiments.tracking import load_module, log_module
+from experiments.tracking.models import load_module, log_module
 from experiments.training import flush_denormals_
 from fmae_models import CAEConfig, Encoder
 from tests.helpers import images
@@ -14,6 +14,9 @@ DENORMAL = 1e-40  # below float32's smallest normal number, 1.18e-38
 
 
 def encoder_with_denormals() -> tuple[Encoder, int]:
+    # fit() turns on flush-to-zero for its thread; a test that trained in this process earlier
+    # would leave it on, and the planted denormals would be zeros before they are counted.
+    torch.set_flush_denormal(False)
     encoder = Encoder(CAEConfig(n_channels=4, encoded_space_dim=6))
     with torch.no_grad():
         encoder.fc[0].weight[:, :10] = DENORMAL
@@ -54,7 +57,16 @@ def test_a_loss_that_turns_nan_stops_training_at_once(small_data):
     model = CAE(CAEConfig(n_channels=4, encoded_space_dim=4))
     seen = []
     with pytest.raises(Diverged) as caught:
-        fit(model, reconstruction_loss, make_optimizer("sgd", model.parameters(), 1e20, momentum=0.9), small_data.train,
-            small_data.val, 3, 256, 0, report=lambda epoch, metrics: seen.append(epoch))
+        fit(
+            model,
+            reconstruction_loss,
+            make_optimizer("sgd", model.parameters(), 1e20, momentum=0.9),
+            small_data.train,
+            small_data.val,
+            3,
+            256,
+            0,
+            report=lambda epoch, metrics: seen.append(epoch),
+        )
     assert caught.value.epoch == 1 and "train_loss became nan" in caught.value.cause
     assert seen == []  # the diverged epoch is never reported

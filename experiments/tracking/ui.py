@@ -1,0 +1,81 @@
+"""`fmae ui`: MLflow's UI on the tracking store, opened where the study is.
+
+MLflow 3 opens an experiment on its GenAI overview unless a URL says `workflowType`; the link
+this prints lands on the experiment's runs in the Model-training view.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import webbrowser
+
+from mlflow.tracking import MlflowClient
+
+from experiments.tracking.links import TRAINING_VIEW, ui_path
+from experiments.tracking.runs import DEFAULT_EXPERIMENT
+from experiments.tracking.server import is_server, tracking_uri
+
+
+def runs_url(base: str) -> str:
+    """The study's runs (the experiment fmae writes to), else the list of experiments."""
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    experiment = MlflowClient().get_experiment_by_name(name)
+    return f"{base}/{ui_path(experiment.experiment_id)}" if experiment else f"{base}/#/experiments?{TRAINING_VIEW}"
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=5)
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fmae ui", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on")
+    parser.add_argument("--open", action="store_true", help="also open the link in a web browser")
+    args = parser.parse_args(argv)
+    uri = tracking_uri()
+    if is_server(uri):  # a tracking server serves its own UI
+        print(f"Open: {runs_url(uri.rstrip('/'))}")
+        return 0
+    base = f"http://{args.host}:{args.port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+        ]
+    )
+    try:
+        if not wait_until_up(base, proc):
+            print(
+                f"fmae ui: error: mlflow ui did not come up on {base} (is the port taken? try --port).", file=sys.stderr
+            )
+            return 2
+        url = runs_url(base)
+        print(f"\nMLflow UI on {uri}\nOpen: {url}\n(Ctrl-C stops it)", flush=True)
+        if args.open:
+            webbrowser.open(url)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
