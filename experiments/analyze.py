@@ -24,7 +24,7 @@ from experiments.config import CommonConfig
 from experiments.data import CLASS_NAMES, FashionMNIST, Split
 from experiments.errors import UserError
 from experiments.step import open_step
-from experiments.tracking import load_module, model_lineage, source_run_id
+from experiments.tracking.models import load_module, model_lineage, source_run_id
 from experiments.training import predict
 from fmae_models import VAEMeanEncoder, sample_fitted_gaussian, sample_prior
 
@@ -49,8 +49,10 @@ class Config(CommonConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.n_points < MIN_POINTS:
-            raise UserError(f"n_points={self.n_points} must be at least {MIN_POINTS}: t-SNE and the silhouette "
-                            "need several test codes of each class.")
+            raise UserError(
+                f"n_points={self.n_points} must be at least {MIN_POINTS}: t-SNE and the silhouette "
+                "need several test codes of each class."
+            )
 
 
 @dataclass
@@ -93,14 +95,18 @@ def load_autoencoder(name: str, model_uri: str) -> Autoencoder:
         return Autoencoder(name, model_uri, VAEMeanEncoder(module), module.decoder, model_uri)
     decoder, decoder_uri = find_decoder(module, model_uri, *KINDS[name][kind])
     if decoder is None:
-        print(f"fmae analyze: warning: no decoder for {name} ({decoder_uri}); skipping {name}_samples.png and "
-              f"{name}_interpolation.png. Log the whole autoencoder beside the encoder, or pass it as "
-              f"{name}_model_uri.", file=sys.stderr)
+        print(
+            f"fmae analyze: warning: no decoder for {name} ({decoder_uri}); skipping {name}_samples.png and "
+            f"{name}_interpolation.png. Log the whole autoencoder beside the encoder, or pass it as "
+            f"{name}_model_uri.",
+            file=sys.stderr,
+        )
     return Autoencoder(name, model_uri, module, decoder, decoder_uri)
 
 
-def knn_accuracy(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray,
-                 test_labels: np.ndarray) -> float:
+def knn_accuracy(
+    train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray, test_labels: np.ndarray
+) -> float:
     """How well the latent space keeps classes apart locally: 5-NN fitted on training codes."""
     knn = KNeighborsClassifier(n_neighbors=min(N_NEIGHBOURS, len(train_codes)))
     return float(knn.fit(train_codes, train_labels).score(test_codes, test_labels))
@@ -123,7 +129,9 @@ def interpolation_strips(model: Autoencoder, test: Split) -> tuple[torch.Tensor,
     model.encoder.eval()
     model.decoder.eval()
     labels = test.labels.cpu()
-    first = {k: int(torch.nonzero(labels == k)[0, 0]) for k in {k for pair in PAIRS for k in pair} if (labels == k).any()}
+    first = {
+        k: int(torch.nonzero(labels == k)[0, 0]) for k in {k for pair in PAIRS for k in pair} if (labels == k).any()
+    }
     pairs = [(a, b) for a, b in PAIRS if a in first and b in first]
     t = torch.linspace(0, 1, N_STEPS, device=test.inputs.device)[:, None]  # (S, 1)
     strips = []
@@ -147,7 +155,8 @@ def analyze_model(model: Autoencoder, data: FashionMNIST, subset: np.ndarray, se
     for method, points in embed_2d(codes, seed).items():
         slug = method.lower().replace("-", "")
         figures[f"{name}_{slug}.png"] = plots.plot_latent_2d(
-            points, labels, f"{label} latent space ({len(codes)} test images, {method})")
+            points, labels, f"{label} latent space ({len(codes)} test images, {method})"
+        )
     if model.decoder is not None:
         generator = torch.Generator().manual_seed(seed)
         if name == "vae":
@@ -159,7 +168,8 @@ def analyze_model(model: Autoencoder, data: FashionMNIST, subset: np.ndarray, se
         figures[f"{name}_samples.png"] = plots.plot_image_grid(samples, title)
         strips, row_labels = interpolation_strips(model, data.test)
         figures[f"{name}_interpolation.png"] = plots.plot_interpolations(
-            strips, row_labels, f"{label}: decoding a straight line between two test images' codes")
+            strips, row_labels, f"{label}: decoding a straight line between two test images' codes"
+        )
     return metrics, figures
 
 
@@ -173,7 +183,10 @@ def run(config: Config) -> str:
     models = [load_autoencoder("cae", config.cae_model_uri), load_autoencoder("vae", config.vae_model_uri)]
     with open_step(STEP, config) as step:
         n = min(config.n_points, len(step.data.test))
-        subset = np.sort(np.random.default_rng(config.seed).permutation(len(step.data.test))[:n])  # same points for both
+        subset = np.sort(
+            np.random.default_rng(config.seed).permutation(len(step.data.test))[:n]
+        )  # same points for both
+        found = {}
         for model in models:
             model.encoder.to(step.device)
             if model.decoder is not None:
@@ -182,4 +195,12 @@ def run(config: Config) -> str:
             metrics, figures = analyze_model(model, step.data, subset, config.seed)
             step.run.log_metrics(metrics)
             step.run.log_figures(figures)
+            found.update(metrics)
+        step.run.describe(
+            f"**Both latent spaces compared** on {n:,} test images: 5-NN accuracy "
+            f"CAE **{found['cae_knn_accuracy']:.3f}**, "
+            f"VAE **{found['vae_knn_accuracy']:.3f}**; class silhouette CAE {found['cae_silhouette']:.3f}, VAE "
+            f"{found['vae_silhouette']:.3f}. CAE from `{config.cae_model_uri}`, VAE from `{config.vae_model_uri}`. "
+            "Figures: *_pca.png, *_tsne.png, *_samples.png, *_interpolation.png."
+        )
         return step.run_id

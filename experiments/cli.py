@@ -37,7 +37,10 @@ def steps() -> dict[str, str]:
 
 
 def usage() -> str:
-    return f"usage: fmae {{{','.join(steps())}}} [--name value ...]   (fmae NAME --help lists a step's parameters)"
+    return (
+        f"usage: fmae {{{','.join(steps())}}} [--name value ...]   (fmae NAME --help lists a step's parameters)\n"
+        "       fmae ui [--port 5000] [--open]   (MLflow's UI on the tracking store, opened on the study's runs)"
+    )
 
 
 def step_module(name: str):
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] == "ui":  # not a step: MLflow's UI on the store, opened on the study's runs
+        from experiments.tracking import ui
+
+        return ui.main(argv[1:])
     interrupts.install()
     launched = os.environ.get("MLFLOW_RUN_ID")  # the run `mlflow run` made (MLflow unsets this once it ends)
     try:
@@ -68,17 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("FMAE_DEBUG") == "1":
             traceback.print_exc()
         print(f"fmae {argv[0]}: error: {exc}", file=sys.stderr, flush=True)
-        from experiments.tracking import describe_rejected_launch
+        from experiments.tracking.runs import describe_rejected_launch
 
         describe_rejected_launch(str(exc))
         return 2
     except KeyboardInterrupt as exc:
         signum = interrupts.signal_number(exc)
         resume = getattr(exc, "resume", "")
-        print(f"fmae {argv[0]}: interrupted by {signal.Signals(signum).name}; its runs are marked KILLED."
-              + (f" To resume the search: {resume}" if resume else ""), file=sys.stderr, flush=True)
+        print(
+            f"fmae {argv[0]}: interrupted by {signal.Signals(signum).name}; its runs are marked KILLED."
+            + (f" To resume the search: {resume}" if resume else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         if launched:
-            from experiments.tracking import keep_killed_under_mlflow_run
+            from experiments.tracking.mlflow_compat import keep_killed_under_mlflow_run
 
             keep_killed_under_mlflow_run(launched)
         return 128 + signum

@@ -29,7 +29,9 @@ class CommonConfig:
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_train_subset(self.train_subset)
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device=cuda was asked for but PyTorch sees no CUDA device here. Use device=auto or device=cpu.")
+            raise UserError(
+                "device=cuda was asked for but PyTorch sees no CUDA device here. Use device=auto or device=cpu."
+            )
 
     @property
     def torch_device(self) -> torch.device:
@@ -87,14 +89,20 @@ def field_help(cls: type) -> dict[str, str]:
     return help_
 
 
-def parse_flags(types: dict[str, type], argv: list[str], prog: str, help_: dict[str, str] | None = None,
-                unknown_hint: str = "") -> dict[str, Any]:
+def parse_flags(
+    types: dict[str, type], argv: list[str], prog: str, help_: dict[str, str] | None = None, unknown_hint: str = ""
+) -> dict[str, Any]:
     """`--name value` (or --name=value, --dashed-name) flags, typed: {name: value} for those given."""
     parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False, add_help=True)
     for name, kind in types.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        parser.add_argument(*flags, dest=name, default=None, metavar=kind.__name__.upper(),
-                            help=(help_ or {}).get(name, "").replace("%", "%%"))
+        parser.add_argument(
+            *flags,
+            dest=name,
+            default=None,
+            metavar=kind.__name__.upper(),
+            help=(help_ or {}).get(name, "").replace("%", "%%"),
+        )
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:
@@ -102,7 +110,9 @@ def parse_flags(types: dict[str, type], argv: list[str], prog: str, help_: dict[
             raise
         raise UserError(f"could not read the arguments {argv} of {prog}; flags take the form --name value.") from None
     if unknown:
-        raise UserError(f"{prog} does not take {' '.join(unknown)!r}{unknown_hint or '. Its parameters are: ' + ', '.join(types)}.")
+        raise UserError(
+            f"{prog} does not take {' '.join(unknown)!r}{unknown_hint or '. Its parameters are: ' + ', '.join(types)}."
+        )
     values = {}
     for name, text in vars(args).items():
         if text is None:

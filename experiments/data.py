@@ -13,8 +13,16 @@ import torch
 from experiments.errors import UserError
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -143,7 +151,10 @@ def read_idx(path: Path, magic: int, count: int) -> np.ndarray:
     ndim = magic - 2048
     header = 4 + 4 * ndim
     if len(raw) < header or struct.unpack(">I", raw[:4])[0] != magic:
-        raise UserError(f"{path} does not start with the idx magic number {magic}: it is not the FashionMNIST file it is named after.")
+        raise UserError(
+            f"{path} does not start with the idx magic number {magic}: "
+            "it is not the FashionMNIST file it is named after."
+        )
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = (count, 28, 28) if ndim == 3 else (count,)
     if dims != expected or len(raw) != header + int(np.prod(dims)):
@@ -167,12 +178,16 @@ def check_train_subset(train_subset: int, val_size: int = VAL_SIZE) -> None:
     if train_subset < 0:
         raise UserError(f"train_subset={train_subset} must be 0 (all) or a positive number of images.")
     if train_subset > N_TRAIN - val_size:
-        raise UserError(f"train_subset={train_subset} is more than the {N_TRAIN - val_size:,} training images "
-                        f"left beside the {val_size:,} held out for validation. Pass at most {N_TRAIN - val_size}, "
-                        "or 0 for all of them.")
+        raise UserError(
+            f"train_subset={train_subset} is more than the {N_TRAIN - val_size:,} training images "
+            f"left beside the {val_size:,} held out for validation. Pass at most {N_TRAIN - val_size}, "
+            "or 0 for all of them."
+        )
 
 
-def load_fashion_mnist(data_dir: str = "", val_size: int = VAL_SIZE, train_subset: int = 0, seed: int = 0) -> FashionMNIST:
+def load_fashion_mnist(
+    data_dir: str = "", val_size: int = VAL_SIZE, train_subset: int = 0, seed: int = 0
+) -> FashionMNIST:
     """Train, validation (a seeded hold-out of the training set) and test splits.
 
     train_subset > 0 keeps only that many training images (validation stays as large, up to

@@ -1,9 +1,7 @@
 """Step `main`: the whole study as one parent run — tune -> finetune -> vae -> analyze as
 child runs, each starting from the model the step before registered — and `report.html`."""
 
-import base64
 import dataclasses
-import html
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +9,11 @@ from typing import Any
 
 from experiments.cli import step_module
 from experiments.config import CommonConfig, check_choice, config_params, field_help, field_types, parse_flags
+from experiments.report import report_page
 from experiments.step import open_step
-from experiments.tracking import StepRun, download_artifact, get_run, registered_version, ui_path
+from experiments.tracking.links import ui_path
+from experiments.tracking.queries import best_trials, get_run, registered_version
+from experiments.tracking.step_run import StepRun
 
 STEP = "main"
 # The study, in order: a step joins it with its name here. Each later step starts from the
@@ -26,7 +27,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "vae": {"train_subset": 20_000, "epochs": 8},
         "analyze": {"n_points": 1000},
     },
-    "full": {step: {} for step in ORDER},
+    # full: the contract's defaults; each classifier decided on 3 seeds (mean ± std), not on one
+    "full": {"tune": {}, "finetune": {"repeats": 3}, "vae": {}, "analyze": {}},
 }
 # How many of the search's best encoders (of distinct architectures) main also fine-tunes in
 # mode=full, the champion classifier being the best of them: the best reconstruction is not
@@ -39,18 +41,12 @@ HEADLINES = {  # step -> the metrics of its run that main carries, the study's r
     "analyze": ("cae_knn_accuracy", "vae_knn_accuracy"),
 }
 BEST_BY = {"finetune": "test_accuracy"}  # step -> the metric that picks its headline run when it ran more than once
-REPORT_FIGURES = {  # step -> artifacts shown in report.html
-    "tune": ("parallel_coordinates.png", "learning_curves.png", "reconstructions.png"),
-    "finetune": ("confusion_matrix.png",),
-    "vae": ("samples.png",),
-    "analyze": ("cae_tsne.png", "vae_tsne.png", "cae_samples.png"),
-}
 
 
 @dataclass(frozen=True)
 class Config(CommonConfig):
     profile: str = "quick"  # quick (minutes, subsets) or full (the contract's defaults, full data)
-    top_encoders: int = -1  # also fine-tune (mode=full) the search's best N encoders of distinct architectures; -1 = the profile's (quick 0, full 3)
+    top_encoders: int = -1  # also fine-tune (full) the search's best N distinct architectures; -1 = the profile's
     overrides: tuple = ()  # other steps' parameters given to main, as typed (name, value) pairs
 
     def __post_init__(self):
@@ -71,10 +67,13 @@ class Config(CommonConfig):
             for key, kind in field_types(step_cls).items():
                 if steps.setdefault(key, kind) is not kind:
                     raise TypeError(f"steps disagree on the type of {key}")  # a programming error: fix the configs
-        values = parse_flags({**steps, **own}, argv, prog, {**help_, **field_help(cls)},
-                             unknown_hint=": no step has that parameter")
-        config = cls(**{k: v for k, v in values.items() if k in own},
-                     overrides=tuple((k, v) for k, v in values.items() if k not in own))
+        values = parse_flags(
+            {**steps, **own}, argv, prog, {**help_, **field_help(cls)}, unknown_hint=": no step has that parameter"
+        )
+        config = cls(
+            **{k: v for k, v in values.items() if k in own},
+            overrides=tuple((k, v) for k, v in values.items() if k not in own),
+        )
         for step in ORDER:
             step_config(config, step)
         return config
@@ -85,10 +84,13 @@ def step_config(config: Config, step: str, chained: dict[str, Any] | None = None
     registered (chained), then what the user gave main; checked by the step's own Config."""
     cls = step_module(step).Config
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = {**PROFILES[config.profile].get(step, {}),
-              **{k: getattr(config, k) for k in ("data_dir", "seed", "device")},
-              **({"train_subset": config.train_subset} if config.train_subset else {}),
-              **(chained or {}), **dict(config.overrides)}
+    values = {
+        **PROFILES[config.profile].get(step, {}),
+        **{k: getattr(config, k) for k in ("data_dir", "seed", "device")},
+        **({"train_subset": config.train_subset} if config.train_subset else {}),
+        **(chained or {}),
+        **dict(config.overrides),
+    }
     return cls(**{k: v for k, v in values.items() if k in fields})
 
 
@@ -98,7 +100,7 @@ def chain_models(registered: dict[str, str], cls) -> dict[str, str]:
     chained = {}
     for f in dataclasses.fields(cls):
         if isinstance(f.default, str) and f.default.startswith("models:/") and "@" in f.default:
-            name = f.default[len("models:/"):].split("@", 1)[0]
+            name = f.default[len("models:/") :].split("@", 1)[0]
             if name in registered:
                 chained[f.name] = registered[name]
     return chained
@@ -131,11 +133,11 @@ def top_encoder_configs(config: Config, tune_run_id: str) -> list:
     """finetune's configs for mode=full from the encoders of the search's best trials."""
     if not config.top_encoders:
         return []
-    from tune.child_runs import best_trials  # main composes the steps; tune builds on experiments, so import late
-
     trials = best_trials(tune_run_id, config.top_encoders)
-    return [step_config(config, "finetune", {"model_uri": f"runs:/{trial.info.run_id}/encoder", "mode": "full"})
-            for trial in trials]
+    return [
+        step_config(config, "finetune", {"model_uri": f"runs:/{trial.info.run_id}/encoder", "mode": "full"})
+        for trial in trials
+    ]
 
 
 def headline_run(step: str, run_ids: list[str]):
@@ -146,12 +148,19 @@ def headline_run(step: str, run_ids: list[str]):
     return max(runs, key=lambda r: r.data.metrics.get(key, float("-inf"))) if key else runs[-1]
 
 
+def figure(metrics: dict[str, float], key: str) -> str:
+    """A headline figure, with its spread over seeds when the step repeated (`0.9123 ± 0.0021`)."""
+    value = f"{metrics[key]:.4g}"
+    return f"{value} ± {metrics[key + '_std']:.2g}" if key + "_std" in metrics else value
+
+
 def run_line(run, metrics: tuple[str, ...]) -> str:
     mode = run.data.tags.get("fmae.mode")
     source = run.data.tags.get("fmae.source_trial") or run.data.tags.get("fmae.source_model")
     what = f" ({mode}{' from ' + source if source else ''})" if mode else ""
-    figures = ", ".join(f"{k} **{run.data.metrics[k]:.4g}**" for k in metrics if k in run.data.metrics)
-    return f"[{run.data.tags.get('fmae.step', run.info.run_name)}]({ui_path(run.info.experiment_id, run.info.run_id)}){what} — {figures}"
+    figures = ", ".join(f"{k} **{figure(run.data.metrics, k)}**" for k in metrics if k in run.data.metrics)
+    link = f"[{run.data.tags.get('fmae.step', run.info.run_name)}]({ui_path(run.info.experiment_id, run.info.run_id)})"
+    return f"{link}{what} — {figures}"
 
 
 def log_headlines(main: StepRun, runs: dict[str, list[str]]) -> None:
@@ -160,7 +169,9 @@ def log_headlines(main: StepRun, runs: dict[str, list[str]]) -> None:
     for step, run_ids in runs.items():
         keys = HEADLINES.get(step, ())
         best = headline_run(step, run_ids)
-        metrics.update({k: best.data.metrics[k] for k in keys if k in best.data.metrics})
+        metrics.update(
+            {k: best.data.metrics[k] for k in keys + tuple(f"{k}_std" for k in keys) if k in best.data.metrics}
+        )
         for run_id in run_ids:
             run = get_run(run_id)
             if run.data.tags.get("fmae.mode") == "frozen" and "test_accuracy" in run.data.metrics:
@@ -168,34 +179,17 @@ def log_headlines(main: StepRun, runs: dict[str, list[str]]) -> None:
             marker = " ← the study's figure" if len(run_ids) > 1 and run_id == best.info.run_id else ""
             lines.append(f"{len(lines) + 1}. {run_line(run, keys)}{marker}")
     main.log_metrics(metrics)
-    main.describe("**fmae: the whole study**, one child run per step (newest first "
-                   "in the table; this is their order):\n\n" + "\n".join(lines)
-                   + "\n\nreport.html (Artifacts) has every step's numbers and figures on one page.")
+    main.describe(
+        "**fmae: the whole study**, one child run per step (newest first "
+        "in the table; this is their order):\n\n"
+        + "\n".join(lines)
+        + "\n\nreport.html (Artifacts) has every step's numbers and figures on one page."
+    )
 
 
 def log_report(main: StepRun, runs: dict[str, list[str]]) -> None:
-    """report.html: each step's key numbers, its figures inline, and where to find its run."""
-    sections = []
+    """report.html: each step's results and figures on one page, linked to its runs."""
     with tempfile.TemporaryDirectory() as tmp:
-        for step, run_id in ((step, run_id) for step, run_ids in runs.items() for run_id in run_ids):
-            run = get_run(run_id)
-            metrics = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
-                              for k, v in sorted(run.data.metrics.items()) if not k.startswith("epoch"))
-            images = []
-            for name in REPORT_FIGURES.get(step, ()):
-                path = download_artifact(run_id, name, tmp)
-                if path is None:  # a missing figure is left out of the report
-                    continue
-                data = base64.b64encode(path.read_bytes()).decode()
-                images.append(f'<figure><img src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>')
-            # No links: MLflow's artifact viewer shows this page in a frame where none would work.
-            sections.append(f"<h2>{step}</h2><p>Run <code>{run_id}</code> (<b>{html.escape(run.info.run_name)}</b>): "
-                            "in the MLflow UI, open the <b>main</b> run and its child runs, or search "
-                            f"<code>attributes.run_id = '{run_id}'</code>.</p><table>{metrics}</table>{''.join(images)}")
-        page = ("<!doctype html><meta charset='utf-8'><title>fmae report</title>"
-                "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
-                "td{padding:2px 12px}figure{margin:12px 0}</style><h1>fmae: the study, end to end</h1>"
-                + "".join(sections))
         path = Path(tmp, "report.html")
-        path.write_text(page)
+        path.write_text(report_page(runs, tmp))
         main.log_artifact(path)

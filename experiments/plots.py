@@ -80,8 +80,15 @@ def plot_confusion_matrix(matrix: np.ndarray, title: str = "Confusion matrix (te
     threshold = matrix.max() / 2
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if matrix[i, j] > threshold else "black",
+            )
     ax.set_title(title)
     fig.tight_layout()
     return fig

@@ -4,14 +4,16 @@ closes the run FINISHED, FAILED or KILLED. The step's own code is then its scien
 trains, and what it logs through `step.run`."""
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from experiments.config import CommonConfig, config_params
 from experiments.data import FashionMNIST, load_fashion_mnist
-from experiments.tracking import StepRun, log_dataset, start_step_run
+from experiments.tracking.runs import log_dataset, start_step_run
+from experiments.tracking.step_run import StepRun
 from experiments.training import seed_everything
 
 
@@ -29,8 +31,15 @@ class Step:
 
 
 @contextlib.contextmanager
-def open_step(name: str, config: CommonConfig, *, data: bool = True, data_on_device: bool = True,
-              params: dict[str, Any] | None = None, resume_run_id: str | None = None) -> Iterator[Step]:
+def open_step(
+    name: str,
+    config: CommonConfig,
+    *,
+    data: bool = True,
+    data_on_device: bool = True,
+    params: dict[str, Any] | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[Step]:
     """Everything a step does around its science. The data is read before the run opens, so
     missing or corrupt files leave no run behind."""
     dataset = None
@@ -42,4 +51,10 @@ def open_step(name: str, config: CommonConfig, *, data: bool = True, data_on_dev
         if dataset is not None:
             log_dataset(dataset)
         seed_everything(config.seed)
-        yield Step(name, StepRun(run.info.run_id, epochs=getattr(config, "epochs", 0)), dataset, config.torch_device, run.info.experiment_id)
+        yield Step(
+            name,
+            StepRun(run.info.run_id, epochs=getattr(config, "epochs", 0)),
+            dataset,
+            config.torch_device,
+            run.info.experiment_id,
+        )

@@ -16,9 +16,18 @@ from experiments.config import CommonConfig, check_choice, check_positive, sub_c
 from experiments.data import FashionMNIST, Split
 from experiments.errors import UserError
 from experiments.step import open_step
-from experiments.tracking import StepRun
-from experiments.training import (LR_SCHEDULES, OPTIMIZERS, Diverged, Report, evaluate, fit, make_optimizer,
-                                  make_scheduler, predict)
+from experiments.tracking.step_run import StepRun
+from experiments.training import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    Diverged,
+    Report,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    predict,
+)
 from fmae_models import CAE, CAEConfig, sample_fitted_gaussian
 
 STEP = "train_cae"
@@ -62,9 +71,13 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
 
     def state_dict(self, epoch: int) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "epoch": epoch, "model_config": dataclasses.asdict(self.model.config)}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": epoch,
+            "model_config": dataclasses.asdict(self.model.config),
+        }
 
     def load_state_dict(self, state: dict) -> int:
         """Continue from a checkpoint; returns the epoch it was taken after."""
@@ -82,13 +95,25 @@ def build_autoencoder(config: Config) -> Training:
     return Training(model, optimizer, make_scheduler(config.lr_schedule, optimizer, config.epochs))
 
 
-def train_autoencoder(config: Config, data: FashionMNIST, report: Report, training: Training | None = None,
-                      start_epoch: int = 1) -> CAE:
+def train_autoencoder(
+    config: Config, data: FashionMNIST, report: Report, training: Training | None = None, start_epoch: int = 1
+) -> CAE:
     """Train a CAE (a new one, or `training` from start_epoch on) for config.epochs on data,
     calling report(epoch, metrics) with train_loss and val_loss after every epoch."""
     training = training or build_autoencoder(config)
-    fit(training.model, reconstruction_loss, training.optimizer, data.train, data.val, config.epochs,
-        config.batch_size, config.seed, report=report, start_epoch=start_epoch, scheduler=training.scheduler)
+    fit(
+        training.model,
+        reconstruction_loss,
+        training.optimizer,
+        data.train,
+        data.val,
+        config.epochs,
+        config.batch_size,
+        config.seed,
+        report=report,
+        start_epoch=start_epoch,
+        scheduler=training.scheduler,
+    )
     return training.model
 
 
@@ -117,8 +142,9 @@ def log_autoencoder(run: StepRun, model: CAE, test: Split, seed: int, whole: boo
     `encoder` and, if whole, the autoencoder as `cae`; returns the encoder's ModelInfo."""
     from experiments import plots
 
-    run.log_figures({"reconstructions.png": plots.reconstructions_figure(model, test),
-                     **latent_figures(model, test, seed)})
+    run.log_figures(
+        {"reconstructions.png": plots.reconstructions_figure(model, test), **latent_figures(model, test, seed)}
+    )
     config = dataclasses.asdict(model.config)
     if whole:
         run.log_model(model, "cae", "cae", config)
@@ -135,9 +161,18 @@ def run(config: Config) -> str:
             model = train_autoencoder(config, step.data, report=step.run.log_epoch)
         except Diverged as exc:
             step.run.set_tags(divergence_tags(exc))
-            raise UserError(f"the training diverged: {exc} with optimizer={config.optimizer} lr={config.lr:g} "
-                            f"momentum={config.momentum:g} weight_decay={config.weight_decay:g} batch_size="
-                            f"{config.batch_size}. Lower lr (or momentum) and run it again.") from None
-        step.run.log_metrics({"test_loss": test_loss(model, step.data.test)})
+            raise UserError(
+                f"the training diverged: {exc} with optimizer={config.optimizer} lr={config.lr:g} "
+                f"momentum={config.momentum:g} weight_decay={config.weight_decay:g} batch_size="
+                f"{config.batch_size}. Lower lr (or momentum) and run it again."
+            ) from None
+        loss = test_loss(model, step.data.test)
+        step.run.log_metrics({"test_loss": loss})
         log_autoencoder(step.run, model, step.data.test, config.seed)
+        step.run.describe(
+            f"**CAE** c{config.n_channels}-d{config.encoded_space_dim}"
+            f"{'-bn' if config.batch_norm else ''}, {config.optimizer} at lr {config.lr:g}, {config.epochs} "
+            f"epochs on {len(step.data.train):,} images: test_loss **{loss:.5f}** (MSE per pixel). "
+            "Logged models `cae` (image to image) and `encoder` (image to code); reconstructions.png."
+        )
         return step.run_id

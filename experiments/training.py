@@ -7,7 +7,7 @@ callback; MLflow logging and Ray Tune's `tune.report` both plug in as that callb
 import math
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -61,7 +61,9 @@ def flush_denormals_(module: nn.Module) -> int:
     return flushed
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.0
+) -> torch.optim.Optimizer:
     """One of OPTIMIZERS (names are checked where configs are parsed)."""
     cls, takes_momentum, has_fused = OPTIMIZERS[name]
     params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
@@ -85,8 +87,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def train_epoch(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, split: Split,
-                batch_size: int, generator: torch.Generator) -> float:
+def train_epoch(
+    model: nn.Module,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
     """One pass over split; the mean loss per example."""
     model.train()
     total, seen = torch.zeros((), device=split.inputs.device), 0
@@ -126,10 +134,21 @@ def accuracy(model: nn.Module, split: Split) -> float:
     return evaluate(model, correct_fraction, split)
 
 
-def fit(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, train: Split, val: Split,
-        epochs: int, batch_size: int, seed: int, report: Report, start_epoch: int = 1,
-        val_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, loss_name: str = "loss") -> None:
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    train: Split,
+    val: Split,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    report: Report,
+    start_epoch: int = 1,
+    val_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loss_name: str = "loss",
+) -> None:
     """Train for epochs start_epoch..epochs, calling report(epoch, metrics) after each.
 
     metrics: train_<loss_name>, val_<loss_name>, epoch_seconds, and whatever val_metrics adds;

@@ -1,7 +1,9 @@
-"""The search end to end through `mlflow run . -e tune`, and the searcher's honesty about pruning."""
+"""The search: what the shared study's `tune` step left in MLflow, and the search's parts on
+their own — concurrency, the conditional space, the searcher's honesty, lost and diverging trials."""
 
 import dataclasses
 import re
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -12,144 +14,144 @@ from mlflow.tracking import MlflowClient
 from ray import tune as ray_tune
 
 from experiments import train_cae
-from tests.helpers import assert_png, metric_history, mlflow_run, runs_of
 from experiments.errors import UserError
+from tests.helpers import assert_png, metric_history
+from tests.study import STUDY
+from tune import cluster, summary
 from tune import search as search_module
-from tune.optuna_search import PruningAwareOptunaSearch
-from tune.space import SEED_BEST, START_POINTS, search_space
-
-# cpus_per_trial=0.5: four trials at once on a 2-core machine, as on a big one; the last two
-# meet ASHA's rungs with results already there.
-SEARCH = {"num_samples": 6, "max_epochs": 3, "grace_period": 1, "train_subset": 3000, "cpus_per_trial": 0.5}
+from tune.ray_compat import PruningAwareOptunaSearch
+from tune.space import SEED_BEST, START_POINTS, define_space
 
 
-@pytest.fixture(scope="module")
-def search(module_store):
-    tmp = module_store
-    # system metrics sampled every second (MLflow's default is 10 s: longer than these trials)
-    result = mlflow_run("tune", {**SEARCH, "storage_path": tmp / "ray"}, tmp, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
-    runs = runs_of()
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, [r.info.run_name for r in runs]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    return {"tmp": tmp, "parent": parents[0], "children": children, "runs": runs, "stdout": result.stdout,
-            "output": result.stdout + result.stderr}
+def test_one_parent_with_a_child_per_trial(study):
+    assert len(study.trials) == STUDY["num_samples"]
+    assert all(t.data.tags["mlflow.parentRunId"] == study.tune.info.run_id for t in study.trials)
+    assert study.tune.info.status == "FINISHED"
+    assert "val_loss" not in study.tune.data.metrics  # trial metrics never land in the parent
 
 
-def test_one_parent_with_a_child_per_trial(search):
-    assert len(search["children"]) == 6
-    assert len(search["runs"]) == 7  # no stray runs: trial metrics never land in the parent
-    parent = search["parent"]
-    assert parent.info.status == "FINISHED"
-    assert "val_loss" not in parent.data.metrics
-
-
-def test_the_search_and_its_trials_record_system_metrics_and_the_experiment_says_what_it_holds(search):
+def test_the_search_and_its_trials_record_system_metrics_and_the_experiment_says_what_it_holds(study):
     cpu = "system/cpu_utilization_percentage"
-    assert cpu in search["parent"].data.metrics
-    finished = [c for c in search["children"] if "fmae.pruned" not in c.data.tags]
-    assert finished and all(cpu in c.data.metrics for c in finished), [c.data.metrics.keys() for c in finished]
-    experiment = MlflowClient().get_experiment(search["parent"].info.experiment_id)
-    assert "fmae.pruned=true" in experiment.tags["mlflow.note.content"]
+    assert cpu in study.tune.data.metrics
+    finished = [t for t in study.trials if "fmae.pruned" not in t.data.tags]
+    assert finished and all(cpu in t.data.metrics for t in finished), [t.data.metrics.keys() for t in finished]
+    note = MlflowClient().get_experiment(study.experiment_id).tags["mlflow.note.content"]
+    assert "fmae.pruned=true" in note
+    assert note.splitlines()[0].startswith('This study\'s runs are under "Model training"')  # for a GenAI visitor
 
 
-def test_children_have_per_epoch_metrics_tags_and_honest_status(search):
-    for child in search["children"]:
+def test_children_have_per_epoch_metrics_tags_and_honest_status(study):
+    for child in study.trials:
         tags = child.data.tags
         assert tags["ray.trial_id"] and len(tags["ray.node_id"]) > 20
         for key in ("mlflow.user", "mlflow.source.name", "mlflow.source.type"):  # who ran it, from what
-            assert tags[key] == search["parent"].data.tags[key], key
+            assert tags[key] == study.tune.data.tags[key], key
         steps = [s for s, _ in metric_history(child.info.run_id, "val_loss")]
         assert steps == list(range(1, len(steps) + 1)) and steps, steps
         assert child.info.status == "FINISHED", child.info.status  # stopping early is not failing
         if tags.get("fmae.pruned") == "true":
-            assert steps[-1] < SEARCH["max_epochs"] and tags["fmae.stopped_at_epoch"] == str(steps[-1])
+            assert steps[-1] < STUDY["max_epochs"] and tags["fmae.stopped_at_epoch"] == str(steps[-1])
             assert f"epoch-{steps[-1]} rung" in tags["mlflow.note.content"]
         else:
-            assert steps[-1] == SEARCH["max_epochs"]
-    pruned = [c for c in search["children"] if c.data.tags.get("fmae.pruned") == "true"]
-    assert 1 <= len(pruned) < len(search["children"])
+            assert steps[-1] == STUDY["max_epochs"]
 
 
-def test_trials_are_named_short_and_distinct_and_each_holds_an_artifact(search):
+def test_trials_are_named_short_and_distinct_and_each_holds_an_artifact(study):
     client = MlflowClient()
-    names = [c.info.run_name for c in search["children"]]
+    names = [c.info.run_name for c in study.trials]
     assert len(set(names)) == len(names)
-    for child in search["children"]:
+    for child in study.trials:
         p = child.data.params
-        assert re.fullmatch(rf"t\d\d-c{p['n_channels']}-d{p['encoded_space_dim']}-{p['optimizer']}(-bn)?",
-                            child.info.run_name), child.info.run_name
+        stopped = r" \(stopped at epoch \d+\)" if child.data.tags.get("fmae.pruned") == "true" else ""
+        assert re.fullmatch(
+            rf"t\d\d-c{p['n_channels']}-d{p['encoded_space_dim']}-{p['optimizer']}(-bn)?{stopped}", child.info.run_name
+        ), child.info.run_name
         assert "trial_config.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
-    best = [c for c in search["children"] if c.data.tags.get("fmae.best_trial") == "true"]
+    best = [c for c in study.trials if c.data.tags.get("fmae.best_trial") == "true"]
     assert len(best) == 1 and best[0].data.tags.get("fmae.pruned") != "true"
 
 
-def test_trials_start_together_and_the_search_records_its_timeline(search, tmp_path):
+def test_trials_start_together_and_the_search_records_its_timeline(study, tmp_path):
     """Ray Tune keeps one trial pending for a searcher unless told otherwise; fmae tells it how
-    many the machine holds, so the first four trials are launched at once, not one after another."""
-    parent = search["parent"]
-    assert parent.data.params["concurrent_trials"] == "4"
+    many the machine holds, so the first two trials are launched at once, not one after another."""
+    parent = study.tune
+    assert parent.data.params["concurrent_trials"] == "2"
     table = pd.read_csv(MlflowClient().download_artifacts(parent.info.run_id, "search_results.csv", str(tmp_path)))
-    for column in ("created_s", "launched_s", "entered_s", "ready_s", "first_epoch_s", "ended_s"):
-        assert table[column].notna().all(), column
-    milestones = table[["created_s", "launched_s", "entered_s", "ready_s", "first_epoch_s", "ended_s"]]
-    assert (milestones.diff(axis=1).iloc[:, 1:] >= 0).all().all(), milestones  # each in order
-    # The first four were all launched before any trial had trained an epoch: none waited
-    # for another's start-up (with one pending trial, each waited for the one before).
-    assert table["created_s"].nsmallest(4).max() < table["first_epoch_s"].min()
+    columns = ["created_s", "launched_s", "entered_s", "ready_s", "first_epoch_s", "ended_s"]
+    assert table[columns].notna().all().all()
+    assert (table[columns].diff(axis=1).iloc[:, 1:] >= 0).all().all(), table[columns]  # each in order
+    # The first two were both launched before any trial had trained an epoch: neither waited
+    # for the other's start-up (with one pending trial, each waited for the one before).
+    assert table["created_s"].nsmallest(2).max() < table["first_epoch_s"].min()
     metrics = parent.data.metrics
-    assert 2 <= metrics["peak_concurrent_trials"] <= 4
+    assert metrics["peak_concurrent_trials"] == 2
     assert 0 < metrics["seconds_to_first_epoch"] < metrics["search_seconds"]
     assert metrics["median_trial_start_seconds"] >= 0 and metrics["median_trial_setup_seconds"] >= 0
 
 
-@pytest.mark.parametrize("resources,flags,expected", [
-    # the GPU machine's cluster (ray_address: a GPU there, whatever this machine has): 16 trials share it
-    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.0625, "ray_address": "auto"}, 16),
-    ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.125, "ray_address": "auto"}, 8),
-    ({"CPU": 2.0}, {}, 2),
-    ({"CPU": 2.0}, {"cpus_per_trial": 0.5}, 4),
-    ({"CPU": 64.0}, {}, 20),  # never more than num_samples
-    ({"CPU": 2.0}, {"max_concurrent": 3}, 3),  # the user's word wins (an autoscaling cluster grows)
-])
+@pytest.mark.parametrize(
+    "resources,flags,expected",
+    [
+        # the GPU machine's cluster (ray_address: a GPU there, whatever this machine has): 16 trials share it
+        ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.0625, "ray_address": "auto"}, 16),
+        ({"CPU": 16.0, "GPU": 1.0}, {"gpus_per_trial": 0.125, "ray_address": "auto"}, 8),
+        ({"CPU": 2.0}, {}, 2),
+        ({"CPU": 2.0}, {"cpus_per_trial": 0.5}, 4),
+        ({"CPU": 64.0}, {}, 20),  # never more than num_samples
+        ({"CPU": 2.0}, {"max_concurrent": 3}, 3),  # the user's word wins (an autoscaling cluster grows)
+    ],
+)
 def test_trial_concurrency_follows_the_cluster(monkeypatch, resources, flags, expected):
-    monkeypatch.setattr(search_module.ray, "cluster_resources", lambda: resources)
-    assert search_module.trial_concurrency(search_module.Config(**flags)) == expected
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: resources)
+    assert cluster.trial_concurrency(search_module.Config(**flags)) == expected
 
 
 def test_a_gpu_per_trial_without_a_gpu_is_refused_not_waited_for(monkeypatch):
-    monkeypatch.setattr(search_module.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 2.0})
     with pytest.raises(UserError, match="0 GPUs.*gpus_per_trial=0.5"):  # a cluster with none
-        search_module.trial_concurrency(search_module.Config(gpus_per_trial=0.5, ray_address="auto"))
+        cluster.trial_concurrency(search_module.Config(gpus_per_trial=0.5, ray_address="auto"))
     monkeypatch.setattr(search_module.torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="PyTorch sees none on this machine"):  # this machine, before any run
         search_module.Config(gpus_per_trial=0.5)
 
 
-def test_the_console_says_one_line_per_trial_and_little_else(search):
-    output = search["output"]
-    for noise in ("Downloading artifacts", "Trial status:", "Token authentication", "A new study created",
-                  "Got error", "Traceback", "Configuration for experiment", "View detailed results here",
-                  "tensorboard", "system metrics"):
+def test_the_console_says_one_line_per_trial_and_little_else(study):
+    output = study.console
+    for noise in (
+        "Downloading artifacts",
+        "Trial status:",
+        "Token authentication",
+        "A new study created",
+        "Got error",
+        "Traceback",
+        "Configuration for experiment",
+        "View detailed results here",
+        "tensorboard",
+        "system metrics",
+        "snapshotting",
+        "WARNING",
+    ):
         assert noise not in output, noise
-    lines = [line for line in output.splitlines() if re.match(r"\[[#-]{12}\] \d+/6 trial t\d\d-", line)]
-    assert len(lines) == 6, output[-3000:]
+    n = STUDY["num_samples"]
+    lines = [line for line in output.splitlines() if re.match(rf"\[[#-]{{12}}\] \d+/{n} trial t\d\d-", line)]
+    assert len(lines) == n, output[-3000:]
     assert "left" in lines[0] and "best so far" in lines[-1]
-    assert "Search: 6 trials, up to 4 at once." in output
+    assert f"Search: {n} trials, up to 2 at once." in output
 
 
-def test_first_trials_are_the_start_points(search, tmp_path):
+def test_first_trials_are_the_start_points(study, tmp_path):
     """The seed's configuration, then the wide BatchNorm one, before TPE proposes anything
     (trials start together, so their order is the searcher's, kept in search_results.csv)."""
-    path = MlflowClient().download_artifacts(search["parent"].info.run_id, "search_results.csv", str(tmp_path))
+    path = MlflowClient().download_artifacts(study.tune.info.run_id, "search_results.csv", str(tmp_path))
     first = pd.read_csv(path).head(len(START_POINTS))
     assert [{k: row[k] for k in SEED_BEST} for _, row in first.iterrows()] == START_POINTS
 
 
-def test_finished_trials_hold_their_encoder_and_plots(search, tmp_path):
+def test_finished_trials_hold_their_encoder_plots_and_test_loss(study, tmp_path):
     client = MlflowClient()
-    for child in search["children"]:
+    for child in study.trials:
         if child.data.tags.get("fmae.pruned") == "true":  # stopped early: FINISHED, with no model
+            assert "test_loss" not in child.data.metrics
             continue
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"reconstructions.png", "latent_pca.png", "samples.png"} <= names, names
@@ -157,27 +159,51 @@ def test_finished_trials_hold_their_encoder_and_plots(search, tmp_path):
             assert_png(client.download_artifacts(child.info.run_id, name, str(tmp_path)))
         encoder = mlflow.pytorch.load_model(f"runs:/{child.info.run_id}/encoder")
         assert encoder(torch.rand(3, 1, 28, 28)).shape == (3, int(child.data.params["encoded_space_dim"]))
+        assert 0 < child.data.metrics["test_loss"] < 0.2
 
 
-def test_parent_holds_the_search_summary(search, tmp_path):
-    parent, client = search["parent"], MlflowClient()
+def test_parent_holds_the_search_summary(study, tmp_path):
+    parent, client = study.tune, MlflowClient()
     assert 0 < parent.data.metrics["best_test_loss"] < 0.2
     assert parent.data.metrics["best_val_loss"] == pytest.approx(
-        min(min(v for _, v in metric_history(c.info.run_id, "val_loss")) for c in search["children"]))
-    for key in SEED_BEST:
-        assert f"best_{key}" in parent.data.params
-    for name in ("parallel_coordinates.png", "learning_curves.png", "param_importances.png", "reconstructions.png"):
+        min(min(v for _, v in metric_history(c.info.run_id, "val_loss")) for c in study.trials)
+    )
+    best = [c for c in study.trials if c.data.tags.get("fmae.best_trial") == "true"][0]
+    assert {k.removeprefix("best_"): v for k, v in parent.data.params.items() if k.startswith("best_")} == {
+        k: v for k, v in best.data.params.items()
+    }  # the values the best trial used, no more
+    for name in (
+        "parallel_coordinates.png",
+        "learning_curves.png",
+        "param_importances.png",
+        "reconstructions.png",
+        "pareto_front.png",
+    ):
         assert_png(client.download_artifacts(parent.info.run_id, name, str(tmp_path)))
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "search_results.csv", str(tmp_path)))
-    assert len(table) == 6 and set(table["status"]) <= {"finished", "pruned", "failed"}
+    assert len(table) == STUDY["num_samples"] and set(table["status"]) <= {"finished", "pruned", "failed"}
+    assert table.loc[table["optimizer"] == "adam", "momentum"].isna().all()  # a value it did not use stays empty
 
 
-def test_champion_is_registered_and_loads(search):
-    parent = search["parent"]
+def test_the_size_quality_front_is_in_the_parent_and_on_its_trials(study, tmp_path):
+    client = MlflowClient()
+    front = pd.read_csv(client.download_artifacts(study.tune.info.run_id, "pareto_front.csv", str(tmp_path)))
+    finished = [t for t in study.trials if "fmae.pruned" not in t.data.tags]
+    assert sorted(front["mlflow_run_id"]) == sorted(t.info.run_id for t in finished)
+    assert (front["encoder_params"] > 0).all() and (front["cpu_ms_per_image"] > 0).all()
+    on = set(front.loc[front["on_front"], "mlflow_run_id"])
+    assert on and on == {t.info.run_id for t in finished if t.data.tags.get("fmae.pareto") == "true"}
+    best = front.loc[front["test_loss"].idxmin(), "mlflow_run_id"]
+    assert best in on  # nothing beats the best test loss on that count
+    assert "smallest encoder within 5% of the best test loss" in study.tune.data.tags["mlflow.note.content"]
+
+
+def test_champion_is_registered_loads_and_its_trial_names_it(study):
+    parent, client = study.tune, MlflowClient()
     encoder = mlflow.pytorch.load_model("models:/fmae-cae-encoder@champion")
     d = int(parent.data.params["best_encoded_space_dim"])
     assert encoder(torch.rand(6, 1, 28, 28)).shape == (6, d)
-    version = MlflowClient().get_model_version_by_alias("fmae-cae-encoder", "champion")
+    version = client.get_model_version_by_alias("fmae-cae-encoder", "champion")
     assert version.tags["fmae.run_id"] == parent.info.run_id
     assert float(version.tags["test_loss"]) == pytest.approx(parent.data.metrics["best_test_loss"])
     # described in markdown, with links back to the search and its best trial (relative: any host works)
@@ -185,41 +211,57 @@ def test_champion_is_registered_and_loads(search):
     assert f"runs/{parent.info.run_id}?workflowType=machine_learning)" in version.description
     assert f"runs/{trial}?workflowType=machine_learning)" in version.description
     assert "test_loss" in version.description and "http" not in version.description
-    assert "alias **champion**" in MlflowClient().get_registered_model("fmae-cae-encoder").description.lower()
-    # the search's own run says what it found, linking its best trial
+    assert "alias **champion**" in client.get_registered_model("fmae-cae-encoder").description.lower()
+    # the search's own run says what it found, linking its best trial and the version
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith("**Search of 6 trials**") and f"runs/{trial}?workflowType=machine_learning)" in note
+    assert note.startswith(f"**Search of {STUDY['num_samples']} trials**") and f"runs/{trial}?workflowType" in note
+    assert f"(#/models/fmae-cae-encoder/versions/{version.version})" in note
+    # and the trial names the version its encoder became, with a link
+    best = client.get_run(trial)
+    assert best.data.tags["fmae.registered_version"] == f"fmae-cae-encoder/{version.version}"
+    assert f"(#/models/fmae-cae-encoder/versions/{version.version})" in best.data.tags["mlflow.note.content"]
 
 
-def test_pruned_trials_are_pruned_in_the_optuna_study(search):
-    study_uri = search["parent"].data.tags["fmae.optuna_study"]
-    (summary,) = optuna.get_all_study_summaries(study_uri)
-    study = optuna.load_study(study_name=summary.study_name, storage=study_uri)
-    states = {t.params["optimizer"] + str(t.params["lr"]): t.state.name for t in study.trials}
-    killed = [c for c in search["children"] if c.data.tags.get("fmae.pruned") == "true"]
+def test_pruned_trials_are_pruned_in_the_optuna_study(study):
+    study_uri = study.tune.data.tags["fmae.optuna_study"]
+    (summary_,) = optuna.get_all_study_summaries(study_uri)
+    loaded = optuna.load_study(study_name=summary_.study_name, storage=study_uri)
+    states = {t.params["optimizer"] + str(t.params["lr"]): t.state.name for t in loaded.trials}
+    killed = [c for c in study.trials if c.data.tags.get("fmae.pruned") == "true"]
     for child in killed:
-        key = child.data.params["optimizer"] + str(float(child.data.params["lr"]))
-        assert states[key] == "PRUNED"
+        assert states[child.data.params["optimizer"] + str(float(child.data.params["lr"]))] == "PRUNED"
     assert sorted(states.values()).count("PRUNED") == len(killed)
 
 
-def test_second_search_registers_a_version_and_moves_the_alias_only_if_better(search):
-    """A 1-epoch search is worse than the first: version 2 is registered, champion stays 1."""
-    mlflow_run("tune", {"num_samples": 1, "max_epochs": 1, "grace_period": 1, "train_subset": 3000,
-                        "storage_path": search["tmp"] / "ray"}, search["tmp"])
-    client = MlflowClient()
-    versions = client.search_model_versions("name = 'fmae-cae-encoder'")
-    assert sorted(int(v.version) for v in versions) == [1, 2]
-    v1 = client.get_model_version("fmae-cae-encoder", "1")
-    v2 = client.get_model_version("fmae-cae-encoder", "2")
-    assert float(v2.tags["test_loss"]) > float(v1.tags["test_loss"])
-    assert str(client.get_model_version_by_alias("fmae-cae-encoder", "champion").version) == "1"
+def test_momentum_exists_only_where_the_optimiser_reads_it(study):
+    """The space is conditional: a trial's params, the study and the best_* hold only values used."""
+    for trial in study.trials:
+        assert ("momentum" in trial.data.params) == (trial.data.params["optimizer"] in ("sgd", "rmsprop"))
+    searcher = PruningAwareOptunaSearch(space=define_space, metric="val_loss", mode="min", seed=0, max_epochs=5)
+    configs = [searcher.suggest(f"t{i}") for i in range(30)]
+    assert {c["optimizer"] for c in configs} == {"adam", "sgd", "rmsprop"}
+    assert all(("momentum" in c) == (c["optimizer"] != "adam") for c in configs)
+
+
+def test_importances_say_how_many_trials_they_rest_on(study):
+    """PED-ANOVA on the finished trials; so few are noise, and the figure's title says so."""
+    from tune.search_plots import plot_param_importances
+
+    name = study.tune.data.tags["fmae.ray_results"].rsplit("/", 1)[1]
+    file = study.tune.data.tags["fmae.optuna_study"].removeprefix("sqlite:///")
+    importances, trials = summary.param_importances(name, Path(file))
+    assert trials == sum("fmae.pruned" not in t.data.tags for t in study.trials) < summary.MIN_TRIALS_FOR_IMPORTANCE
+    title = plot_param_importances(importances, trials, summary.MIN_TRIALS_FOR_IMPORTANCE).axes[0].get_title()
+    assert title == f"Not yet meaningful: {trials} finished trials (needs {summary.MIN_TRIALS_FOR_IMPORTANCE})"
+    enough = plot_param_importances({"lr": 0.7, "momentum": 0.3}, 12, summary.MIN_TRIALS_FOR_IMPORTANCE)
+    assert enough.axes[0].get_title() == "Hyperparameter importances (12 finished trials)"
 
 
 def test_searcher_tells_optuna_that_stopped_trials_were_pruned():
     """Without Ray: a trial stopped at epoch 2 of 5 is PRUNED, one that ran 5 is COMPLETE."""
-    searcher = PruningAwareOptunaSearch(metric="val_loss", mode="min", seed=0, max_epochs=5,
-                                        space={"lr": ray_tune.loguniform(1e-4, 1e-2)})
+    searcher = PruningAwareOptunaSearch(
+        metric="val_loss", mode="min", seed=0, max_epochs=5, space={"lr": ray_tune.loguniform(1e-4, 1e-2)}
+    )
     for trial_id in ("stopped", "finished"):
         searcher.suggest(trial_id)
     for epoch in (1, 2):
@@ -233,12 +275,36 @@ def test_searcher_tells_optuna_that_stopped_trials_were_pruned():
     assert searcher._ot_study.trials[0].intermediate_values == {1: 0.5, 2: 0.25}
 
 
+def test_a_resumed_searcher_does_not_propose_its_start_points_again(tmp_path):
+    """A resumed search rebuilds its searcher on the same persistent study: the start points it
+    ran must not wait in the study a second time (they were proposed again, and run twice)."""
+    from tune.ray_compat import optuna_storage
+
+    def searcher():
+        return PruningAwareOptunaSearch(
+            space=define_space,
+            metric="val_loss",
+            mode="min",
+            seed=0,
+            max_epochs=5,
+            points_to_evaluate=START_POINTS,
+            study_name="s",
+            storage=optuna_storage(str(tmp_path / "optuna.db")),
+        )
+
+    first = searcher()
+    assert [first.suggest(f"t{i}") for i in range(2)] == START_POINTS
+    again = searcher()  # as Tuner.restore's set-up does, on the same study
+    proposed = [again.suggest(f"r{i}") for i in range(3)]
+    assert not [p for p in proposed if p in START_POINTS], proposed
+
+
 def test_every_configuration_of_the_space_trains_a_cae():
     """The searcher's suggestions are train_cae's parameters as they are: each builds a CAE that runs."""
-    searcher = PruningAwareOptunaSearch(metric="val_loss", mode="min", seed=0, max_epochs=5, space=search_space())
+    searcher = PruningAwareOptunaSearch(metric="val_loss", mode="min", seed=0, max_epochs=5, space=define_space)
     configs = [searcher.suggest(f"t{i}") for i in range(24)]
     assert {c["batch_norm"] for c in configs} == {False, True}
-    assert set(SEED_BEST) == set(configs[0])
+    assert set(SEED_BEST) == set(configs[0]) - {"momentum"}
     for config in configs:
         model = train_cae.build_autoencoder(dataclasses.replace(train_cae.Config(), **config)).model
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
@@ -257,13 +323,15 @@ def test_child_runs_of_trials_the_resumed_search_lost_are_deleted(tracking):
     parent = client.create_run(experiment).info.run_id
     for trial in ("aaaa0001", "aaaa0002", "aaaa0003"):
         client.create_run(experiment, tags={"mlflow.parentRunId": parent, "ray.trial_id": trial})
-    results = [SimpleNamespace(metrics={"trial_id": "aaaa0001"}, path="/r/train_trial_aaaa0001_1_x"),
-               SimpleNamespace(metrics={}, path="/r/train_trial_aaaa0003_3_batch_norm=True_2026")]  # never reported
-    assert drop_lost_trials(client, experiment, parent, results) == 1
+    results = [
+        SimpleNamespace(metrics={"trial_id": "aaaa0001"}, path="/r/train_trial_aaaa0001_1_x"),
+        SimpleNamespace(metrics={}, path="/r/train_trial_aaaa0003_3_batch_norm=True_2026"),
+    ]  # never reported
+    assert drop_lost_trials(experiment, parent, results) == 1
     kept = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
     assert sorted(r.data.tags["ray.trial_id"] for r in kept) == ["aaaa0001", "aaaa0003"]
     unknown = [SimpleNamespace(metrics={}, path="/r/odd")]  # a trial that cannot be identified: delete nothing
-    assert drop_lost_trials(client, experiment, parent, unknown) == 0
+    assert drop_lost_trials(experiment, parent, unknown) == 0
 
 
 def test_a_diverging_trial_fails_alone_and_optuna_is_told(tracking, small_data, tmp_path):
@@ -277,28 +345,46 @@ def test_a_diverging_trial_fails_alone_and_optuna_is_told(tracking, small_data, 
     client = MlflowClient()
     experiment = client.create_experiment("nan")
     parent = client.create_run(experiment).info.run_id
-    setup = TrialSetup(base=train_cae.Config(train_subset=2000, epochs=2), tracking_uri=tracking,
-                       experiment_id=experiment, parent_run_id=parent)
-    space = {**search_space(), "lr": ray_tune.loguniform(1e-4, 1e21)}
-    searcher = PruningAwareOptunaSearch(points_to_evaluate=[{**SEED_BEST, "optimizer": "sgd", "lr": 1e20}, SEED_BEST],
-                                        seed=0, max_epochs=2)
+    setup = TrialSetup(
+        base=train_cae.Config(train_subset=2000, epochs=2),
+        tracking_uri=tracking,
+        experiment_id=experiment,
+        parent_run_id=parent,
+    )
+    diverging = {**SEED_BEST, "optimizer": "sgd", "lr": 1e20, "momentum": 0.9}
+    searcher = PruningAwareOptunaSearch(
+        points_to_evaluate=[diverging, SEED_BEST],
+        seed=0,
+        max_epochs=2,
+        space={
+            **{k: ray_tune.choice([v]) for k, v in diverging.items()},
+            "optimizer": ray_tune.choice(["sgd", "adam"]),
+            "lr": ray_tune.loguniform(1e-4, 1e21),
+        },
+        metric="val_loss",
+        mode="min",
+    )
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         results = ray_tune.Tuner(
-            ray_tune.with_parameters(train_trial, data=small_data.pack(), setup=setup), param_space=space,
-            tune_config=ray_tune.TuneConfig(metric="val_loss", mode="min", num_samples=2, search_alg=searcher),
-            run_config=ray_tune.RunConfig(storage_path=str(tmp_path / "ray"), callbacks=[ChildRunStatus(tracking, 2)],
-                                          verbose=0)).fit()
+            ray_tune.with_parameters(train_trial, data=small_data.pack(), setup=setup),
+            tune_config=ray_tune.TuneConfig(num_samples=2, search_alg=searcher),
+            run_config=ray_tune.RunConfig(
+                storage_path=str(tmp_path / "ray"), callbacks=[ChildRunStatus(tracking, 2)], verbose=0
+            ),
+        ).fit()
     finally:
         ray.shutdown()
     runs = {r.data.params["optimizer"]: r for r in client.search_runs([experiment], "tags.`fmae.step` = 'tune-trial'")}
     assert runs["sgd"].info.status == "FAILED" and runs["adam"].info.status == "FINISHED"
-    assert runs["sgd"].data.tags["fmae.failure"] == "diverged" and runs["sgd"].data.tags["fmae.diverged_at_epoch"] == "1"
+    assert (
+        runs["sgd"].data.tags["fmae.failure"] == "diverged" and runs["sgd"].data.tags["fmae.diverged_at_epoch"] == "1"
+    )
     assert "Diverged at epoch 1" in runs["sgd"].data.tags["mlflow.note.content"]
     assert [t.state.name for t in searcher._ot_study.trials] == ["FAIL", "COMPLETE"]
-    table, _ = search_module.summarize_trials(results, 2)
+    table, _ = summary.summarize_trials(results, 2)
     assert sorted(table["status"]) == ["failed", "finished"]
-    assert results.get_best_result(scope="all").config["optimizer"] == "adam"
+    assert results.get_best_result(metric="val_loss", mode="min", scope="all").config["optimizer"] == "adam"
 
 
 class GiveUp(ray_tune.Callback):
@@ -310,10 +396,13 @@ class GiveUp(ray_tune.Callback):
 
 
 def test_a_search_ray_gives_up_on_leaves_no_trial_running(tracking, tmp_path):
-    config = search_module.Config(num_samples=1, max_epochs=2, grace_period=2, train_subset=1000,
-                                  storage_path=str(tmp_path / "ray"))
+    config = search_module.Config(
+        num_samples=1, max_epochs=2, grace_period=2, train_subset=1000, storage_path=str(tmp_path / "ray")
+    )
     with pytest.raises(Exception, match="Ray Tune gave up"):
         search_module.run(config, callbacks=(GiveUp(),))
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("fmae").experiment_id])
-    assert sorted((r.data.tags.get("fmae.step"), r.info.status) for r in runs) == [("tune", "FAILED"),
-                                                                                   ("tune-trial", "FAILED")]
+    assert sorted((r.data.tags.get("fmae.step"), r.info.status) for r in runs) == [
+        ("tune", "FAILED"),
+        ("tune-trial", "FAILED"),
+    ]

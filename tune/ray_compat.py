@@ -1,35 +1,109 @@
-"""OptunaSearch that tells Optuna the truth about trials the scheduler stopped."""
+"""Workarounds of Ray Tune 2.60's (and its OptunaSearch's) behaviour, in one place. Each entry
+names what it works around and where; tests/test_ray_compat.py holds a canary per entry that
+fails once Ray fixes it, so an upgrade shows which of these to delete."""
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.trainable import stopped_early
-
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch reports a trial ASHA stopped as COMPLETE with its half-trained
-    last value (see its on_trial_complete), which misleads TPE into treating early,
-    high losses as finished results. Here such trials are PRUNED, as an Optuna pruner
-    would have made them; their per-epoch values stay as intermediate values."""
+    """Ray's OptunaSearch, honest about stopped trials and about resumed searches.
+
+    1. It reports a trial ASHA stopped as COMPLETE with its half-trained last value
+       (search/optuna/optuna_search.py on_trial_complete), which misleads TPE into treating
+       early, high losses as finished results. Here such trials are PRUNED, as an Optuna pruner
+       would have made them; their per-epoch values stay as intermediate values. A trial whose
+       loss diverged is a FAIL, not a value.
+    2. _setup_study enqueues points_to_evaluate every time it runs, and it runs again when a
+       search is resumed; with a persistent study the start points then wait in it a second
+       time and are proposed again. Here a point is enqueued only if the study lacks it.
+    """
 
     def __init__(self, *args, max_epochs: int, **kwargs):
-        super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        points, self._points_to_evaluate = self._points_to_evaluate, []
+        super()._setup_study(mode)
+        self._points_to_evaluate = points
+        for point in points:
+            self._ot_study.enqueue_trial(point, skip_if_exists=True)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if result and result.get("diverged") and trial_id not in self._completed_trials:  # FAIL, not a value
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
-            self._completed_trials.add(trial_id)
-            return None
-        if error or not stopped_early(result, self.max_epochs) or trial_id in self._completed_trials:
+        if trial_id in self._completed_trials or error or not result:
             return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        if result.get("diverged"):
+            state = optuna.trial.TrialState.FAIL
+        elif result.get("epoch", self.max_epochs) < self.max_epochs:
+            state = optuna.trial.TrialState.PRUNED
+        else:
+            return super().on_trial_complete(trial_id, result, error)
+        self._ot_study.tell(self._ot_trials[trial_id], state=state)
         self._completed_trials.add(trial_id)
-
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created or trial told
 
 
 def optuna_storage(path: str) -> optuna.storages.RDBStorage:
     """A persistent study (sqlite), browsable with `optuna-dashboard sqlite:///PATH`."""
     return optuna.storages.RDBStorage(f"sqlite:///{path}")
+
+
+def trial_statuses(results) -> list[str]:
+    """Every trial's status (TERMINATED, ERROR, PENDING, ...): a ResultGrid keeps them only in its
+    private _experiment_analysis (tune/result_grid.py); its Results have none."""
+    return [trial.status for trial in results._experiment_analysis.trials]
+
+
+def trial_number(trial_dir: str, trial_name: str) -> int | None:
+    """The trial's number in its search (1, 2, ...): Ray names its folder
+    <trial_name>_<number>_<config>_<date>, and exposes the number nowhere else."""
+    match = re.search(r"_(\d+)_", Path(trial_dir).name.removeprefix(trial_name))
+    return int(match.group(1)) if match else None
+
+
+def result_trial_id(result) -> str | None:
+    """A Ray Result's trial id: from its reports, else from its folder (NAME_<id>_<n>_...),
+    for a trial that never reported."""
+    if (result.metrics or {}).get("trial_id"):
+        return result.metrics["trial_id"]
+    match = re.search(r"_([0-9a-f]{5,})_\d+_", Path(result.path).name) if result.path else None
+    return match.group(1) if match else None
+
+
+# Console noise a user cannot act on, silenced while a search runs (Ray reads these in fit):
+QUIET = {
+    # The new console prints a setup box and result paths even at verbose=0, and a
+    # "Tuner.restore" hint on an interrupt that is not how an fmae user resumes.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # "Experiment state snapshotting has been triggered multiple times": forced because every
+    # trial checkpoints each epoch with num_to_keep set (execution/experiment_state.py).
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # MLflow's "View run / View experiment" pair each time the driver ends a trial's run.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+@contextlib.contextmanager
+def quiet_console(verbose: bool) -> Iterator[None]:
+    """QUIET, and Optuna's study-created and trial-told lines, for the duration of a search
+    (unless verbose); the environment and Optuna's verbosity are restored after."""
+    saved, verbosity = {k: os.environ.get(k) for k in QUIET}, optuna.logging.get_verbosity()
+    if not verbose:
+        for key, value in QUIET.items():
+            os.environ.setdefault(key, value)  # a user's own setting wins
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

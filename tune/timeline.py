@@ -14,7 +14,8 @@ class TrialTimeline(Callback):
     created: the searcher proposed it (with a concurrency limit: a slot was free); launched:
     its actor is up (created -> launched: a process started, the trainable's module imported,
     or a finished trial's process reused); entered: the trainable's first line ran (launched
-    -> entered: fetching the data from the object store); ready: data on the device, model built, MLflow run open; first_epoch
+    -> entered: fetching the data from the object store); ready: data on the device, model built,
+    MLflow run open; first_epoch
     and last_epoch: the reports of those epochs; ended: Ray saw the trial end.
 
     Kept in a JSON file beside the search's Optuna study, so a resumed search (whose
@@ -127,9 +128,12 @@ class TrialProgress(Callback):
             failure, val_loss = f"FAILED, its loss diverged at epoch {epochs}", float("nan")
         outcome = failure or ("ran to the end" if epochs >= self.max_epochs else f"stopped early at epoch {epochs}")
         name = result.get("mlflow_run_name", trial.trial_id)
-        print(f"{progress_bar(done, self.num_samples)} trial {name}: {outcome}, val_loss {val_loss:.5f}, "
-              f"best so far {self.best:.5f}; {format_seconds(time.time() - self.began)} elapsed"
-              + (f", ~{format_seconds(eta)} left" if left else ""), flush=True)
+        print(
+            f"{progress_bar(done, self.num_samples)} trial {name}: {outcome}, val_loss {val_loss:.5f}, "
+            f"best so far {self.best:.5f}; {format_seconds(time.time() - self.began)} elapsed"
+            + (f", ~{format_seconds(eta)} left" if left else ""),
+            flush=True,
+        )
 
 
 def progress_bar(done: int, total: int, width: int = 12) -> str:

@@ -1,0 +1,66 @@
+"""Canaries for tune/ray_compat.py: each test shows Ray Tune 2.60's behaviour that a workaround
+there exists for, and FAILS once Ray fixes it. When one fails after an upgrade, delete the
+workaround it names (and the canary)."""
+
+import dataclasses
+import inspect
+import os
+
+import optuna
+from ray.tune import Result, ResultGrid
+from ray.tune.execution import experiment_state
+from ray.tune.experimental.output import get_air_verbosity
+from ray.tune.search.optuna import OptunaSearch
+
+from tune.ray_compat import optuna_storage
+from tune.space import START_POINTS, define_space
+
+
+def test_optuna_search_reports_a_stopped_trial_as_complete():
+    """-> PruningAwareOptunaSearch.on_trial_complete (stopped trials PRUNED, diverged FAIL)."""
+    searcher = OptunaSearch(space=define_space, metric="val_loss", mode="min", seed=0)
+    searcher.suggest("stopped")
+    searcher.on_trial_result("stopped", {"val_loss": 0.5, "epoch": 1, "training_iteration": 1})
+    searcher.on_trial_complete("stopped", {"val_loss": 0.5, "epoch": 1, "training_iteration": 1})  # of 5
+    assert searcher._ot_study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_optuna_search_enqueues_its_start_points_again_on_the_same_study(tmp_path):
+    """-> PruningAwareOptunaSearch._setup_study (a resumed search ran its start points twice)."""
+
+    def searcher():
+        return OptunaSearch(
+            space=define_space,
+            metric="val_loss",
+            mode="min",
+            seed=0,
+            study_name="s",
+            points_to_evaluate=START_POINTS,
+            storage=optuna_storage(str(tmp_path / "optuna.db")),
+        )
+
+    first = searcher()
+    [first.suggest(f"t{i}") for i in range(len(START_POINTS))]
+    again = searcher()
+    assert again.suggest("r0") == START_POINTS[0]
+
+
+def test_results_keep_no_status_of_their_own():
+    """-> trial_statuses (read from ResultGrid's private _experiment_analysis)."""
+    assert "status" not in {f.name for f in dataclasses.fields(Result)}
+    assert "_experiment_analysis" in inspect.getsource(ResultGrid.__init__)
+
+
+def test_a_trial_knows_its_number_only_from_its_folder_name():
+    """-> trial_number and result_trial_id (parsed from Ray's folder names)."""
+    from ray.tune import TuneContext
+
+    assert not [m for m in dir(TuneContext) if "number" in m or "index" in m]
+    assert "trial_id" not in {f.name for f in dataclasses.fields(Result)}
+
+
+def test_ray_prints_what_quiet_console_silences():
+    """-> QUIET: the new console's boxes and hints, the snapshot warning, MLflow's run links."""
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ or os.environ["RAY_AIR_NEW_OUTPUT"] != "0"
+    assert get_air_verbosity(0) is not None  # the new console is on by default
+    assert "snapshotting has been triggered" in inspect.getsource(experiment_state)

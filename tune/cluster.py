@@ -1,0 +1,84 @@
+"""The search's Ray: joined or started, how many trials it holds at once, shut down after."""
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import ray
+
+from experiments import interrupts
+from experiments.errors import UserError
+
+# Trials on other nodes log through the same authenticated tracking server: its credentials
+# travel in Ray's runtime environment, never as a run's param or tag.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def connect_ray(address: str) -> bool:
+    """Join the cluster at address, or ("") start Ray here. Returns whether we started it."""
+    if ray.is_initialized():
+        return False
+    if not address:
+        # A Ray started here keeps token authentication, Ray's default, without warning that it does.
+        # (Setting RAY_AUTH_MODE=token here instead breaks ray.init: its client reads the mode at import.)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    env_vars = {
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        **{k: os.environ[k] for k in CREDENTIALS if k in os.environ},
+    }
+    try:
+        # "local" starts a fresh Ray here even when a `ray start` cluster runs on this machine
+        # (a bare ray.init() would silently join it).
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level="warning",
+            runtime_env={"env_vars": env_vars},
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"could not reach the Ray cluster at ray_address={address!r} ({exc}). "
+            "Start it with `ray start --head`, check the address, or leave ray_address empty "
+            "to run Ray on this machine."
+        ) from None
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str) -> Iterator[None]:
+    """Ray for the length of a search; one this search started is shut down after it, even by a
+    second Ctrl-C (which must not leave Ray's processes behind)."""
+    started = connect_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            with interrupts.deferred():
+                ray.shutdown()
+
+
+def trial_concurrency(config) -> int:
+    """How many trials run at once: max_concurrent, else as many as the cluster's CPUs and GPUs
+    hold, never more than num_samples.
+
+    Ray Tune keeps only one trial pending by default when a searcher proposes them, so trials
+    would start one after another, each waiting for the last one's process to come up. A
+    ConcurrencyLimiter sets the pending limit to its own, and starts them together.
+    """
+    if config.max_concurrent:
+        return min(config.max_concurrent, config.num_samples)
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 0) / config.cpus_per_trial + 1e-9)
+    if config.gpus_per_trial:
+        slots = min(slots, int(resources.get("GPU", 0) / config.gpus_per_trial + 1e-9))
+    if slots < 1:
+        have = f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs"
+        raise UserError(
+            f"the Ray cluster has {have}, too few for one trial with cpus_per_trial="
+            f"{config.cpus_per_trial:g} and gpus_per_trial={config.gpus_per_trial:g}; Ray would wait "
+            "for ever. Lower them (gpus_per_trial=0 trains on the CPU), or add nodes and pass "
+            "max_concurrent."
+        )
+    return min(slots, config.num_samples)
