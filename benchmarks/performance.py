@@ -36,8 +36,10 @@ from fmae_models import CAE, CAEConfig
 ROOT = Path(__file__).resolve().parents[1]
 SEARCHES = {  # name -> (tune flags, extra environment)
     "small": (["--num_samples", "8", "--max_epochs", "3", "--grace_period", "1", "--train_subset", "5000"], {}),
-    "small-one-pending": (["--num_samples", "8", "--max_epochs", "3", "--grace_period", "1",
-                            "--train_subset", "5000"], {"TUNE_MAX_PENDING_TRIALS_PG": "1"}),
+    "small-one-pending": (
+        ["--num_samples", "8", "--max_epochs", "3", "--grace_period", "1", "--train_subset", "5000"],
+        {"TUNE_MAX_PENDING_TRIALS_PG": "1"},
+    ),
     "default": ([], {}),
 }
 
@@ -105,10 +107,27 @@ def run_search(name: str, flags: list[str], env: dict, device: str, extra: list[
     """`python -m experiments tune` in a fresh folder and store, as a user runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        cmd = [sys.executable, "-m", "experiments", "tune", *flags, "--device", device,
-               "--storage_path", f"{tmp}/ray", "--register_as", "bench-encoder", *extra]
-        environment = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "bench",
-                       "PYTHONPATH": str(ROOT), **env}
+        cmd = [
+            sys.executable,
+            "-m",
+            "experiments",
+            "tune",
+            *flags,
+            "--device",
+            device,
+            "--storage_path",
+            f"{tmp}/ray",
+            "--register_as",
+            "bench-encoder",
+            *extra,
+        ]
+        environment = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_EXPERIMENT_NAME": "bench",
+            "PYTHONPATH": str(ROOT),
+            **env,
+        }
         started = time.perf_counter()
         result = subprocess.run(cmd, cwd=tmp, env=environment, capture_output=True, text=True)
         wall = time.perf_counter() - started
@@ -116,56 +135,81 @@ def run_search(name: str, flags: list[str], env: dict, device: str, extra: list[
             raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-3000:]}")
         client = mlflow.MlflowClient(uri)
         experiment = client.get_experiment_by_name("bench")
-        (parent,) = [r for r in client.search_runs([experiment.experiment_id])
-                     if "mlflow.parentRunId" not in r.data.tags]
+        (parent,) = [
+            r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags
+        ]
         metrics = parent.data.metrics
-    return {"search": name, "wall_seconds": wall, "search_seconds": metrics.get("search_seconds"),
-            "seconds_to_first_epoch": metrics.get("seconds_to_first_epoch"),
-            "trial_start_seconds": metrics.get("median_trial_start_seconds"),
-            "peak_concurrent_trials": metrics.get("peak_concurrent_trials"),
-            "concurrent_trials": parent.data.params.get("concurrent_trials"),
-            "best_test_loss": metrics.get("best_test_loss")}
+    return {
+        "search": name,
+        "wall_seconds": wall,
+        "search_seconds": metrics.get("search_seconds"),
+        "seconds_to_first_epoch": metrics.get("seconds_to_first_epoch"),
+        "trial_start_seconds": metrics.get("median_trial_start_seconds"),
+        "peak_concurrent_trials": metrics.get("peak_concurrent_trials"),
+        "concurrent_trials": parent.data.params.get("concurrent_trials"),
+        "best_test_loss": metrics.get("best_test_loss"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--train_images", type=int, default=50_000, help="images per timed training epoch")
-    parser.add_argument("--search", default="small,small-one-pending",
-                        help=f"comma-separated, from: {', '.join(SEARCHES)}, none")
+    parser.add_argument(
+        "--search", default="small,small-one-pending", help=f"comma-separated, from: {', '.join(SEARCHES)}, none"
+    )
     parser.add_argument("--tune_args", default="", help="extra flags for every search, e.g. '--cpus_per_trial 0.5'")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     seed = seed_style_epoch(device, args.train_images)
     ours = fmae_epoch(device, args.train_images)
     print("\ntraining, one epoch of the seed's CAE (c=8, d=14), Adam, batch 256")
     print(f"{'path':<34}{'images/s':>10}{'epoch s':>9}{'load s':>8}{'ratio':>8}")
     for label, row in (("seed-style DataLoader (torchvision)", seed), ("fmae (tensors on the device)", ours)):
-        print(f"{label:<34}{row['images_per_s']:>10.0f}{row['epoch_seconds']:>9.2f}{row['load_seconds']:>8.2f}"
-              f"{row['images_per_s'] / seed['images_per_s']:>7.1f}x")
+        print(
+            f"{label:<34}{row['images_per_s']:>10.0f}{row['epoch_seconds']:>9.2f}{row['load_seconds']:>8.2f}"
+            f"{row['images_per_s'] / seed['images_per_s']:>7.1f}x"
+        )
 
     searches = []
     for name in [s.strip() for s in args.search.split(",") if s.strip() not in ("", "none")]:
         flags, env = SEARCHES[name]
-        print(f"\nsearch '{name}': fmae tune {' '.join(flags) or '(defaults)'} {args.tune_args}"
-              + "".join(f" [{k}={v}]" for k, v in env.items()), flush=True)
+        print(
+            f"\nsearch '{name}': fmae tune {' '.join(flags) or '(defaults)'} {args.tune_args}"
+            + "".join(f" [{k}={v}]" for k, v in env.items()),
+            flush=True,
+        )
         searches.append(run_search(name, flags, env, str(device), args.tune_args.split()))
     if searches:
-        print(f"\n{'search':<22}{'wall s':>8}{'search s':>10}{'to 1st epoch s':>16}{'trial start s':>15}"
-              f"{'at once':>9}{'best_test_loss':>16}")
+        print(
+            f"\n{'search':<22}{'wall s':>8}{'search s':>10}{'to 1st epoch s':>16}{'trial start s':>15}"
+            f"{'at once':>9}{'best_test_loss':>16}"
+        )
         for row in searches:
-            cell = lambda key, fmt: format(row[key], fmt) if row[key] is not None else "-"  # noqa: E731
-            print(f"{row['search']:<22}{row['wall_seconds']:>8.1f}{cell('search_seconds', '>10.1f')}"
-                  f"{cell('seconds_to_first_epoch', '>16.1f')}{cell('trial_start_seconds', '>15.1f')}"
-                  f"{cell('peak_concurrent_trials', '>9.0f')}{cell('best_test_loss', '>16.5f')}")
+
+            def cell(key, fmt, row=row):
+                return format(row[key], fmt) if row[key] is not None else "-"
+
+            print(
+                f"{row['search']:<22}{row['wall_seconds']:>8.1f}{cell('search_seconds', '>10.1f')}"
+                f"{cell('seconds_to_first_epoch', '>16.1f')}{cell('trial_start_seconds', '>15.1f')}"
+                f"{cell('peak_concurrent_trials', '>9.0f')}{cell('best_test_loss', '>16.5f')}"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "seed_style": seed, "fmae": ours,
-                                               "searches": searches}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"device": str(device), "seed_style": seed, "fmae": ours, "searches": searches}, indent=1)
+        )
     return 0
 
 

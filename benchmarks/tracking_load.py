@@ -68,8 +68,16 @@ def write_epochs(uri: str, experiment_id: str, epochs: int, barrier, results) ->
                 text = str(exc)
                 messages.append("database is locked" if "database is locked" in text else text.splitlines()[0][:200])
                 time.sleep(0.1)
-    results.put({"run_id": run_id, "started": started, "ended": time.time(), "latencies": latencies,
-                 "errors": errors, "messages": messages[:3]})
+    results.put(
+        {
+            "run_id": run_id,
+            "started": started,
+            "ended": time.time(),
+            "latencies": latencies,
+            "errors": errors,
+            "messages": messages[:3],
+        }
+    )
 
 
 def count_values(client: MlflowClient, run_ids: list[str], epochs: int) -> tuple[int, int]:
@@ -88,8 +96,10 @@ def measure(uri: str, writers: int, epochs: int, context) -> dict:
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(f"load-{writers}-{time.time_ns()}")
     barrier, results = context.Barrier(writers), context.Queue()
-    processes = [context.Process(target=write_epochs, args=(uri, experiment_id, epochs, barrier, results), daemon=True)
-                 for _ in range(writers)]
+    processes = [
+        context.Process(target=write_epochs, args=(uri, experiment_id, epochs, barrier, results), daemon=True)
+        for _ in range(writers)
+    ]
     for process in processes:
         process.start()
     rows = []
@@ -104,12 +114,19 @@ def measure(uri: str, writers: int, epochs: int, context) -> dict:
     latencies = sorted(s for row in rows for s in row["latencies"])
     seconds = max(r["ended"] for r in rows) - min(r["started"] for r in rows)
     lost, duplicated = count_values(client, [r["run_id"] for r in rows], epochs)
-    return {"writers": writers, "writes": len(latencies), "seconds": seconds, "writes_per_s": len(latencies) / seconds,
-            "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
-            "max_ms": 1000 * latencies[-1] if latencies else float("nan"),
-            "errors": sum(r["errors"] for r in rows), "lost": lost, "duplicated": duplicated,
-            "messages": sorted({m for r in rows for m in r["messages"]})[:3]}
+    return {
+        "writers": writers,
+        "writes": len(latencies),
+        "seconds": seconds,
+        "writes_per_s": len(latencies) / seconds,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
+        "max_ms": 1000 * latencies[-1] if latencies else float("nan"),
+        "errors": sum(r["errors"] for r in rows),
+        "lost": lost,
+        "duplicated": duplicated,
+        "messages": sorted({m for r in rows for m in r["messages"]})[:3],
+    }
 
 
 @contextlib.contextmanager
@@ -122,11 +139,16 @@ def open_store(store: str, folder: Path):
         yield f"sqlite:///{folder / 'mlflow.db'}", None
         return
     with contextlib.ExitStack() as stack:
-        backend = (f"sqlite:///{folder / 'server.db'}" if store == "server-sqlite"
-                   else stack.enter_context(throwaway_postgres()))
+        backend = (
+            f"sqlite:///{folder / 'server.db'}"
+            if store == "server-sqlite"
+            else stack.enter_context(throwaway_postgres())
+        )
         # The recipe's server (MLflow's default workers), without its job runner: GenAI jobs fmae has
         # none of, whose seven consumers poll for work and took half of this 2-core machine.
-        server, url = start_mlflow_server(folder, store=backend, workers=None, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        server, url = start_mlflow_server(
+            folder, store=backend, workers=None, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"
+        )
         stack.callback(stop_mlflow_server, server)
         yield url, folder / "server.log"
 
@@ -170,21 +192,28 @@ def main(argv: list[str] | None = None) -> int:
                 after = server_answers(server_log)
                 row.update({key: after[key] - before[key] for key in after})
                 rows.append(row)
-                print(f"{store:<16}{writers:>4} writers: {row['writes_per_s']:7.1f} writes/s, p99 {row['p99_ms']:7.1f} ms, "
-                      f"{row['errors']} errors, {row['retried']} retried, {row['locked']} locked, {row['lost']} lost, "
-                      f"{row['duplicated']} duplicated" + (f"  e.g. {row['messages'][0]}" if row["messages"] else ""),
-                      flush=True)
+                print(
+                    f"{store:<16}{writers:>4} writers: {row['writes_per_s']:7.1f} writes/s, "
+                    f"p99 {row['p99_ms']:7.1f} ms, "
+                    f"{row['errors']} errors, {row['retried']} retried, {row['locked']} locked, {row['lost']} lost, "
+                    f"{row['duplicated']} duplicated" + (f"  e.g. {row['messages'][0]}" if row["messages"] else ""),
+                    flush=True,
+                )
 
     by_key = {(r["store"], r["writers"]): r for r in rows}
     print(f"\none log_batch (3 metrics, step = epoch) per call, {args.epochs} per writer, back to back")
-    print(f"{'store':<16}{'writers':>8}{'writes/s':>10}{'x sqlite':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-          f"{'errors':>8}{'retried':>8}{'locked':>8}{'lost':>6}{'dup':>5}")
+    print(
+        f"{'store':<16}{'writers':>8}{'writes/s':>10}{'x sqlite':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+        f"{'errors':>8}{'retried':>8}{'locked':>8}{'lost':>6}{'dup':>5}"
+    )
     for row in rows:
         base = by_key.get(("sqlite", row["writers"]))
         ratio = f"{row['writes_per_s'] / base['writes_per_s']:.2f}x" if base else "-"
-        print(f"{row['store']:<16}{row['writers']:>8}{row['writes_per_s']:>10.1f}{ratio:>9}{row['p50_ms']:>9.1f}"
-              f"{row['p99_ms']:>9.1f}{row['max_ms']:>9.1f}{row['errors']:>8}{row['retried']:>8}{row['locked']:>8}{row['lost']:>6}"
-              f"{row['duplicated']:>5}")
+        print(
+            f"{row['store']:<16}{row['writers']:>8}{row['writes_per_s']:>10.1f}{ratio:>9}{row['p50_ms']:>9.1f}"
+            f"{row['p99_ms']:>9.1f}{row['max_ms']:>9.1f}{row['errors']:>8}{row['retried']:>8}{row['locked']:>8}{row['lost']:>6}"
+            f"{row['duplicated']:>5}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

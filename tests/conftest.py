@@ -1,14 +1,20 @@
-"""Shared fixtures: real FashionMNIST in small slices, a tracking store under tmp_path, and a
-way to run entry points exactly as users do (`mlflow run . -e NAME --env-manager local`)."""
+"""Shared fixtures: real FashionMNIST in small slices, tracking stores under tmp_path, and the
+one small study (`main` through `mlflow run`, as users run it) that every module reading a
+whole study's results shares, across pytest-xdist's workers."""
 
+import json
 import os
+from pathlib import Path
 
 import mlflow
 import mlflow.tracking.fluent
 import pytest
+from filelock import FileLock
 
 from experiments.data import load_fashion_mnist
+from tests.helpers import free_port, mlflow_run
 from tests.postgres import throwaway_postgres
+from tests.study import STUDY, Study, read_study
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +35,19 @@ def no_leaked_mlflow_state():
     mlflow.tracking.fluent._active_experiment_id = None
 
 
+def use_store(mp: pytest.MonkeyPatch, uri: str) -> None:
+    """uri for this process and its children, with no experiment or run inherited."""
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        mp.delenv(name, raising=False)
+    mlflow.set_tracking_uri(uri)
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
     """A fresh sqlite tracking store under tmp_path, for this process and its children."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    mlflow.set_tracking_uri(uri)
+    use_store(monkeypatch, uri)
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
@@ -45,19 +56,13 @@ def tracking(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def module_store(tmp_path_factory, request):
-    """A fresh sqlite tracking store shared by one test module (its end-to-end runs are set
-    up once); yields the module's scratch folder."""
+    """A fresh sqlite tracking store shared by one test module; yields the module's scratch folder."""
     tmp = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        mp.delenv(name, raising=False)
-    mlflow.set_tracking_uri(uri)
+    use_store(mp, f"sqlite:///{tmp / 'mlflow.db'}")
     yield tmp
     mp.undo()
     mlflow.set_tracking_uri(None)
-
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +71,53 @@ def postgres():
     URI of its empty database, postgresql://fmae:...@127.0.0.1:PORT/mlflow."""
     with throwaway_postgres() as uri:
         yield uri
+
+
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder every xdist worker of this test run sees (each has a basetemp of its own).
+    FMAE_TEST_KEEP=DIR keeps them in DIR across runs instead: for a quick loop while developing."""
+    if os.environ.get("FMAE_TEST_KEEP"):
+        return Path(os.environ["FMAE_TEST_KEEP"]) / name
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = tmp_path_factory.getbasetemp()
+    return base.parent / f"{name}-{run}" if run else base / name
+
+
+@pytest.fixture(scope="session")
+def study_folder(tmp_path_factory) -> Path:
+    """The small study, made once per test run by whichever worker asks first (tests/study.py
+    says what it holds); a failure is kept, so the other worker reports it instead of retrying."""
+    folder = shared_folder(tmp_path_factory, "study")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            ui_port = free_port()  # report.html's links point where the ui tests will serve the study
+            (folder / "meta.json").write_text(json.dumps({"ui_port": ui_port}))
+            try:
+                result = mlflow_run(
+                    "main",
+                    {**STUDY, "storage_path": folder / "ray"},
+                    folder,
+                    timeout=1200,
+                    MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}",
+                    FMAE_UI_URL=f"http://127.0.0.1:{ui_port}",
+                    # a sample every second (MLflow's default, 10 s, outlasts these trials)
+                    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
+                )
+                (folder / "console.txt").write_text(result.stdout + result.stderr)
+            except Exception as exc:
+                (folder / "failed.txt").write_text(str(exc))
+        if (folder / "failed.txt").exists():
+            pytest.fail(f"the shared study failed:\n{(folder / 'failed.txt').read_text()[-6000:]}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def study(study_folder) -> Study:
+    """The shared study's runs by role, its store this module's tracking store (read it only)."""
+    mp = pytest.MonkeyPatch()
+    use_store(mp, f"sqlite:///{study_folder / 'mlflow.db'}")
+    yield read_study(study_folder)
+    mp.undo()
+    mlflow.set_tracking_uri(None)

@@ -24,23 +24,51 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def mlflow_run(entry_point: str, params: dict, tmp_path: Path, experiment: str = "fmae-test",
-               check: bool = True, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+def mlflow_run(
+    entry_point: str,
+    params: dict,
+    tmp_path: Path,
+    experiment: str = "fmae-test",
+    check: bool = True,
+    timeout: int = 900,
+    **env: str,
+) -> subprocess.CompletedProcess:
     """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it (env: more variables)."""
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local",
-           "--experiment-name", experiment]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(ROOT),
+        "-e",
+        entry_point,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        experiment,
+    ]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        cmd, cwd=tmp_path, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
 def fmae(args: list[str], tmp_path: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     """The console command `fmae ...` (as `python -m experiments ...`, the same entry)."""
-    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=tmp_path,
-                          env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args],
+        cwd=tmp_path,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def runs_of(experiment: str = "fmae-test"):
@@ -72,8 +100,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(folder: Path, *args: str, port: int = 0, store: str = "", command: str = "server",
-                        workers: int | None = 1, **env: str) -> tuple[subprocess.Popen, str]:
+def start_mlflow_server(
+    folder: Path,
+    *args: str,
+    port: int = 0,
+    store: str = "",
+    command: str = "server",
+    workers: int | None = 1,
+    **env: str,
+) -> tuple[subprocess.Popen, str]:
     """`mlflow server` (or `mlflow ui`) on 127.0.0.1 (port, else a free one) with store as its
     backend (else a sqlite file in folder), serving artifacts itself, with `workers` workers
     (None: MLflow's default), plus args ("{port}" in them is its port); returns the process and
@@ -81,11 +116,28 @@ def start_mlflow_server(folder: Path, *args: str, port: int = 0, store: str = ""
     port = port or free_port()
     store = store or f"sqlite:///{folder / 'server.db'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", command, "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", store, "--artifacts-destination", str(folder / "artifacts"),
-         *(["--workers", str(workers)] if workers else []), *(a.replace("{port}", str(port)) for a in args)],
-        cwd=folder, env=subprocess_env(**env), stdout=open(folder / "server.log", "a"), stderr=subprocess.STDOUT,
-        start_new_session=True)  # its uvicorn and job runner with it, for the kill below
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            command,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            store,
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            *(["--workers", str(workers)] if workers else []),
+            *(a.replace("{port}", str(port)) for a in args),
+        ],
+        cwd=folder,
+        env=subprocess_env(**env),
+        stdout=open(folder / "server.log", "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # its uvicorn and job runner with it, for the kill below
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240  # a busy 2-core machine: a minute or more
     while time.monotonic() < deadline and proc.poll() is None:
         try:

@@ -8,8 +8,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tests.helpers import free_port
 
@@ -50,13 +50,38 @@ def throwaway_postgres(database: str = "mlflow", user: str = "fmae") -> Iterator
             shutil.chown(password_file, "postgres", "postgres")
         # Passwords over TCP (scram-sha-256), as a server on a network would check them; the unix
         # socket lives in the folder, out of everyone else's way.
-        run(*as_owner, str(bin_dir / "initdb"), "-D", str(data), "-U", user, f"--pwfile={password_file}",
-            "--auth-host=scram-sha-256", "--auth-local=trust", "--encoding=UTF8", "--no-sync")
+        run(
+            *as_owner,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            user,
+            f"--pwfile={password_file}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+        )
         password_file.unlink()
-        run(*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-            "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}", "start")
+        run(
+            *as_owner,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}",
+            "start",
+        )
         try:
-            run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, database, PGPASSWORD=password)
+            run(
+                str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, database, PGPASSWORD=password
+            )
             yield f"postgresql://{user}:{password}@127.0.0.1:{port}/{database}"
         finally:
             run(*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")

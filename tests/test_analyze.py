@@ -1,5 +1,5 @@
-"""`analyze` end to end on small real subsets: a quick CAE and VAE, then the latent-space study
-through `mlflow run`, reading both models by URI as users do."""
+"""`analyze`: the shared study's latent-space run, as `main` left it, reading both models by URI
+as users do; and how an encoder alone finds its decoder."""
 
 import math
 
@@ -7,30 +7,16 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from experiments import cli
 from experiments.analyze import load_autoencoder
 from experiments.errors import UserError
-from tests.helpers import assert_png, fmae, mlflow_run, runs_of
+from tests.helpers import assert_png
 
-# Small batches give the 2,000-image subset enough optimiser steps to learn a usable latent space.
-TRAIN = {"train_subset": 2000, "epochs": 3, "batch_size": 64, "encoded_space_dim": 8, "lr": "3e-3"}
 ANALYSIS_PNGS = [f"{m}_{kind}.png" for m in ("cae", "vae") for kind in ("pca", "tsne", "samples", "interpolation")]
 
 
-@pytest.fixture(scope="module")
-def store(module_store):
-    """A tracking store holding a 2-epoch CAE, a 2-epoch VAE (registered) and their analysis."""
-    tmp = module_store
-    mlflow_run("train_cae", TRAIN, tmp)
-    mlflow_run("vae", TRAIN, tmp)
-    cae_run, vae_run = runs_of()
-    result = mlflow_run("analyze", {"train_subset": 2000, "cae_model_uri": f"runs:/{cae_run.info.run_id}/encoder",
-                                    "n_points": 300}, tmp)
-    analysis = runs_of()[-1]
-    return {"cae": cae_run, "vae": vae_run, "analysis": analysis, "tmp": tmp, "result": result}
-
-
-def test_metrics_are_fractions_above_chance(store):
-    run = store["analysis"]
+def test_metrics_are_fractions_above_chance(study):
+    run = study.analyze
     assert run.info.status == "FINISHED" and run.data.tags["fmae.step"] == "analyze"
     for name in ("cae", "vae"):
         accuracy, silhouette = run.data.metrics[f"{name}_knn_accuracy"], run.data.metrics[f"{name}_silhouette"]
@@ -38,44 +24,52 @@ def test_metrics_are_fractions_above_chance(store):
         assert math.isfinite(silhouette) and -1 <= silhouette <= 1
 
 
-def test_figures_are_pngs(store, tmp_path):
-    run = store["analysis"]
+def test_figures_are_pngs(study, tmp_path):
     for name in ANALYSIS_PNGS:
-        assert_png(MlflowClient().download_artifacts(run.info.run_id, name, str(tmp_path)))
+        assert_png(MlflowClient().download_artifacts(study.analyze.info.run_id, name, str(tmp_path)))
 
 
-def test_lineage_names_both_models_and_the_decoders_used(store):
-    tags, cae_id, vae_id = store["analysis"].data.tags, store["cae"].info.run_id, store["vae"].info.run_id
-    assert tags["fmae.cae_source_run_id"] == cae_id and tags["fmae.cae_decoder"] == f"runs:/{cae_id}/cae"
-    assert tags["fmae.vae_source_model"] == "fmae-vae/1" and tags["fmae.vae_source_run_id"] == vae_id
-    assert tags["fmae.vae_decoder"] == "models:/fmae-vae@champion"
+def test_lineage_names_both_models_and_the_decoders_used(study):
+    tags, search, vae = study.analyze.data.tags, study.tune.info.run_id, study.vae.info.run_id
+    assert tags["fmae.cae_source_model"] == "fmae-cae-encoder/1" and tags["fmae.cae_source_run_id"] == search
+    assert tags["fmae.cae_decoder"] == f"runs:/{search}/cae"  # the encoder alone: its run's whole autoencoder
+    assert tags["fmae.vae_source_model"] == "fmae-vae/1" and tags["fmae.vae_source_run_id"] == vae
+    assert tags["fmae.vae_decoder"] == "models:/fmae-vae/1"  # a whole VAE decodes itself
 
 
-@pytest.mark.parametrize("name,logged", [("cae", "encoder"), ("vae", "encoder")])
-def test_an_encoder_alone_finds_its_decoder_by_any_uri(store, name, logged):
-    run_id = store[name].info.run_id
+@pytest.mark.parametrize("name,step", [("cae", "tune"), ("vae", "vae")])
+def test_an_encoder_alone_finds_its_decoder_by_any_uri(study, name, step):
+    run = getattr(study, step)
     (model,) = mlflow.search_logged_models(
-        experiment_ids=[store[name].info.experiment_id], output_format="list",
-        filter_string=f"source_run_id = '{run_id}' AND name = '{logged}'")
-    for uri in (f"runs:/{run_id}/{logged}", f"models:/{model.model_id}"):
+        experiment_ids=[run.info.experiment_id],
+        output_format="list",
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = 'encoder'",
+    )
+    for uri in (f"runs:/{run.info.run_id}/encoder", f"models:/{model.model_id}"):
         loaded = load_autoencoder(name, uri)
-        assert loaded.decoder is not None and loaded.decoder_uri == f"runs:/{run_id}/{name}"
+        assert loaded.decoder is not None and loaded.decoder_uri == f"runs:/{run.info.run_id}/{name}"
 
 
-def test_a_model_uri_that_names_nothing_exits_2_and_leaves_no_run(store):
-    tmp = store["tmp"]
-    before = len(runs_of())
-    cae_uri = f"runs:/{store['cae'].info.run_id}/encoder"
-    result = fmae(["analyze", "--cae_model_uri", cae_uri, "--vae_model_uri", "models:/no-such-vae@champion"], tmp)
-    assert result.returncode == 2
-    assert "models:/no-such-vae@champion" in result.stderr and "Traceback" not in result.stderr
-    assert len(runs_of()) == before
+def test_a_model_uri_that_names_nothing_exits_2_and_leaves_no_run(study, capsys):
+    before = len(study.runs)
+    argv = [
+        "analyze",
+        "--cae_model_uri",
+        f"runs:/{study.tune.info.run_id}/encoder",
+        "--vae_model_uri",
+        "models:/no-such-vae@champion",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "models:/no-such-vae@champion" in err and "Traceback" not in err
+    experiment = study.experiment_id
+    assert len(MlflowClient().search_runs([experiment], max_results=1000)) == before
 
 
-def test_a_model_of_the_wrong_kind_is_refused(store):
+def test_a_model_of_the_wrong_kind_is_refused(study):
     with pytest.raises(UserError, match="is a vae; this step needs a cae or encoder"):
-        load_autoencoder("cae", f"runs:/{store['vae'].info.run_id}/vae")
+        load_autoencoder("cae", f"runs:/{study.vae.info.run_id}/vae")
 
 
-def test_no_run_is_left_running(store):
-    assert all(run.info.status != "RUNNING" for run in runs_of())
+def test_no_run_is_left_running(study):
+    assert all(run.info.status != "RUNNING" for run in study.runs)

@@ -17,12 +17,31 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.tune import Callback
 
-from tests.helpers import (ROOT, assert_png, fmae, free_port, metric_history, start_mlflow_server, stop_mlflow_server,
-                           subprocess_env)
+from tests.helpers import (
+    ROOT,
+    assert_png,
+    fmae,
+    free_port,
+    metric_history,
+    start_mlflow_server,
+    stop_mlflow_server,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 SMALL = ["--num_samples", "4", "--max_epochs", "3", "--grace_period", "3", "--train_subset", "2000"]
-RESUMED = ["--num_samples", "3", "--max_epochs", "2", "--grace_period", "2", "--train_subset", "2000", "--max_concurrent", "1"]
+RESUMED = [
+    "--num_samples",
+    "3",
+    "--max_epochs",
+    "2",
+    "--grace_period",
+    "2",
+    "--train_subset",
+    "2000",
+    "--max_concurrent",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +79,28 @@ def cluster_search(tmp_path_factory, mlflow_server, two_nodes):
     """4 trials on the two-node cluster, tracked on the server; one trial's worker dies at epoch 2.
     The search runs as a user's script would, in a process of its own, with the test's callback."""
     tmp = tmp_path_factory.mktemp("cluster")
-    argv = [*SMALL, "--ray_address", two_nodes.address, "--storage_path", str(tmp / "ray"), "--register_as", "cluster-encoder"]
-    script = (f"from pathlib import Path\nfrom tests.test_cluster import KillOneWorker\nfrom tune import search\n"
-              f"search.run(search.Config.from_argv({argv!r}), callbacks=(KillOneWorker(2, Path({str(tmp / 'killed-once')!r})),))")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=1500,
-                            env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="cluster"))
+    argv = [
+        *SMALL,
+        "--ray_address",
+        two_nodes.address,
+        "--storage_path",
+        str(tmp / "ray"),
+        "--register_as",
+        "cluster-encoder",
+    ]
+    script = (
+        f"from pathlib import Path\nfrom tests.test_cluster import KillOneWorker\nfrom tune import search\n"
+        f"search.run(search.Config.from_argv({argv!r}), "
+        f"callbacks=(KillOneWorker(2, Path({str(tmp / 'killed-once')!r})),))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_EXPERIMENT_NAME="cluster"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient(mlflow_server)
@@ -89,8 +125,9 @@ def test_the_server_keeps_the_search_in_postgresql(cluster_search, postgres):
     children = [c.info.run_id for c in cluster_search["children"]]
     with psycopg.connect(postgres) as db:
         stored = {run_id for (run_id,) in db.execute("SELECT run_uuid FROM runs")}
-        (epochs,) = db.execute("SELECT count(*) FROM metrics WHERE key = 'val_loss' AND run_uuid = ANY(%s)",
-                               (children,)).fetchone()
+        (epochs,) = db.execute(
+            "SELECT count(*) FROM metrics WHERE key = 'val_loss' AND run_uuid = ANY(%s)", (children,)
+        ).fetchone()
     assert {cluster_search["parent"].info.run_id, *children} <= stored
     assert epochs == 4 * 3  # 4 trials x 3 epochs, each once
 
@@ -114,8 +151,14 @@ def test_a_dead_worker_is_retried_from_its_checkpoint_and_logs_each_epoch_once(c
 def test_killed_driver_resumes_the_same_search(tmp_path, tracking):
     storage = tmp_path / "ray"
     args = [sys.executable, "-m", "experiments", "tune", *RESUMED, "--storage_path", str(storage)]
-    driver = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(), start_new_session=True,
-                              stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        start_new_session=True,
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     client = MlflowClient()
     deadline = time.time() + 900
     while time.time() < deadline and driver.poll() is None:  # wait for a finished trial, then kill all
@@ -130,11 +173,13 @@ def test_killed_driver_resumes_the_same_search(tmp_path, tracking):
     exp = mlflow.get_experiment_by_name("fmae")
     (parent,) = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "RUNNING"
-    finished_before = {r.info.run_id for r in client.search_runs([exp.experiment_id])
-                       if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags}
+    finished_before = {
+        r.info.run_id
+        for r in client.search_runs([exp.experiment_id])
+        if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags
+    }
 
-    result = fmae(["tune", *RESUMED, "--storage_path", str(storage), "--resume", "true"],
-                  tmp_path, timeout=1200)
+    result = fmae(["tune", *RESUMED, "--storage_path", str(storage), "--resume", "true"], tmp_path, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

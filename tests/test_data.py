@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from experiments import cli
 from experiments.data import FILES, iterate_batches, load_fashion_mnist
 from experiments.errors import UserError
-from tests.helpers import fmae
 
 
 def test_real_files_load_with_the_expected_counts_and_range(small_data):
@@ -86,8 +86,7 @@ def test_wrong_magic_and_truncation_are_user_errors(data_copy):
         load_fashion_mnist(data_dir=str(data_copy))
 
 
-def test_command_line_reports_missing_data_with_exit_2(tmp_path, tracking):
-    result = fmae(["train_cae", "--data_dir", str(tmp_path / "nowhere"), "--epochs", "1"], tmp_path)
-    assert result.returncode == 2
-    assert "does not hold the four FashionMNIST files" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_command_line_reports_missing_data_with_exit_2(tmp_path, tracking, capsys):
+    assert cli.main(["train_cae", "--data_dir", str(tmp_path / "nowhere"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "does not hold the four FashionMNIST files" in err and "Traceback" not in err

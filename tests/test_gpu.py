@@ -10,11 +10,19 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import mlflow_run, runs_of
 
 DEVICE = "cuda"
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 # The whole study, small: 4 trials sharing the GPU (a quarter each), then every later step.
-TINY = {"train_subset": 3000, "num_samples": 4, "max_epochs": 2, "grace_period": 1, "gpus_per_trial": 0.25,
-        "cpus_per_trial": 1, "epochs": 2, "n_points": 300, "device": DEVICE}
+TINY = {
+    "train_subset": 3000,
+    "num_samples": 4,
+    "max_epochs": 2,
+    "grace_period": 1,
+    "gpus_per_trial": 0.25,
+    "cpus_per_trial": 1,
+    "epochs": 2,
+    "n_points": 300,
+    "device": DEVICE,
+}
 STEPS = ("tune", "finetune", "vae", "analyze")
 
 
@@ -22,7 +30,7 @@ def assert_quiet(result) -> None:
     """Nothing that worked printed an error on the way."""
     output = result.stdout + result.stderr
     for text in ("Got error", "Traceback", "Failed to validate serving input"):
-        assert text not in output, output[max(0, output.find(text) - 2000):][:4000]
+        assert text not in output, output[max(0, output.find(text) - 2000) :][:4000]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +76,9 @@ def test_models_logged_on_the_gpu_load_both_ways_on_cpu_and_gpu(study, name, out
 
 def test_train_cae_on_the_gpu(module_store):
     tmp = module_store
-    result = mlflow_run("train_cae", {"train_subset": 3000, "epochs": 2, "device": DEVICE}, tmp,
-                        experiment="gpu-train-cae")
+    result = mlflow_run(
+        "train_cae", {"train_subset": 3000, "epochs": 2, "device": DEVICE}, tmp, experiment="gpu-train-cae"
+    )
     assert_quiet(result)
     (run,) = runs_of("gpu-train-cae")
     assert run.info.status == "FINISHED" and run.data.metrics["test_loss"] < 0.2

@@ -15,14 +15,31 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import ROOT, metric_history, subprocess_env
 
 pytestmark = pytest.mark.slow
-SEARCH = ["--num_samples", "2", "--max_epochs", "2", "--grace_period", "2", "--train_subset", "2000",
-          "--max_concurrent", "2"]
+SEARCH = [
+    "--num_samples",
+    "2",
+    "--max_epochs",
+    "2",
+    "--grace_period",
+    "2",
+    "--train_subset",
+    "2000",
+    "--max_concurrent",
+    "2",
+]
 
 
 def start(command: list[str], cwd: Path, **env: str) -> subprocess.Popen:
     """A process in a session of its own, as a terminal's foreground job is."""
-    return subprocess.Popen(command, cwd=cwd, env=subprocess_env(**env), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=subprocess_env(**env),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_an_epoch(proc: subprocess.Popen, trial: bool, timeout: float = 600) -> None:
@@ -57,8 +74,11 @@ def ray_processes(ray_tmp: str) -> list[int]:
 
 def test_ctrl_c_twice_ends_a_search_killed_and_its_resume_command_finishes_it(tmp_path, tracking):
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
-    proc = start([sys.executable, "-m", "experiments", "tune", *SEARCH, "--storage_path", str(tmp_path / "ray")],
-                 tmp_path, RAY_TMPDIR=ray_tmp)
+    proc = start(
+        [sys.executable, "-m", "experiments", "tune", *SEARCH, "--storage_path", str(tmp_path / "ray")],
+        tmp_path,
+        RAY_TMPDIR=ray_tmp,
+    )
     wait_for_an_epoch(proc, trial=True)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
     time.sleep(1)
@@ -77,8 +97,14 @@ def test_ctrl_c_twice_ends_a_search_killed_and_its_resume_command_finishes_it(tm
 
     resume = err.split("To resume the search: ", 1)[1].splitlines()[0]
     assert f"--storage_path {tmp_path / 'ray'}" in resume and resume.endswith("--resume true")
-    result = subprocess.run(["bash", "-c", resume], cwd=tmp_path, env=subprocess_env(RAY_TMPDIR=ray_tmp),
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "-c", resume],
+        cwd=tmp_path,
+        env=subprocess_env(RAY_TMPDIR=ray_tmp),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = all_runs()
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -91,8 +117,9 @@ def test_ctrl_c_twice_ends_a_search_killed_and_its_resume_command_finishes_it(tm
 
 
 def test_sigterm_ends_a_step_killed_with_exit_143(tmp_path, tracking):
-    proc = start([sys.executable, "-m", "experiments", "train_cae", "--epochs", "100", "--train_subset", "2000"],
-                 tmp_path)
+    proc = start(
+        [sys.executable, "-m", "experiments", "train_cae", "--epochs", "100", "--train_subset", "2000"], tmp_path
+    )
     wait_for_an_epoch(proc, trial=False)
     proc.send_signal(signal.SIGTERM)  # `timeout`, `kill`, a job scheduler
     _, err = proc.communicate(timeout=120)
@@ -103,8 +130,24 @@ def test_sigterm_ends_a_step_killed_with_exit_143(tmp_path, tracking):
 
 def test_sigterm_to_the_mlflow_run_wrapper_reaches_the_step(tmp_path, tracking):
     """`mlflow run` has no SIGTERM handler and dies at once; its step must not run on unseen."""
-    proc = start([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train_cae", "--env-manager", "local",
-                  "-P", "epochs=100", "-P", "train_subset=2000"], tmp_path)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(ROOT),
+            "-e",
+            "train_cae",
+            "--env-manager",
+            "local",
+            "-P",
+            "epochs=100",
+            "-P",
+            "train_subset=2000",
+        ],
+        tmp_path,
+    )
     wait_for_an_epoch(proc, trial=False)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
@@ -118,8 +161,24 @@ def test_ctrl_c_to_mlflow_run_and_its_step_leaves_the_run_killed(tmp_path, track
     """Ctrl-C in a terminal reaches `mlflow run` and its step together. MLflow 3.17's wrapper then
     marks the run FAILED over the step's KILLED; fmae puts KILLED back once the wrapper is gone."""
     all_runs()  # the store's tables first: two processes creating them at once trip each other's migrations
-    proc = start([sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train_cae", "--env-manager", "local",
-                  "-P", "epochs=100", "-P", "train_subset=2000"], tmp_path)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(ROOT),
+            "-e",
+            "train_cae",
+            "--env-manager",
+            "local",
+            "-P",
+            "epochs=100",
+            "-P",
+            "train_subset=2000",
+        ],
+        tmp_path,
+    )
     wait_for_an_epoch(proc, trial=False)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -17,16 +17,30 @@ from tests.helpers import start_mlflow_server, stop_mlflow_server, subprocess_en
 
 pytestmark = pytest.mark.slow
 MAX_EPOCHS = 3
-SEARCH = ["tune", "--num_samples", "8", "--max_concurrent", "8", "--cpus_per_trial", "0.25",
-          "--max_epochs", str(MAX_EPOCHS), "--grace_period", "1", "--train_subset", "300"]
+SEARCH = [
+    "tune",
+    "--num_samples",
+    "8",
+    "--max_concurrent",
+    "8",
+    "--cpus_per_trial",
+    "0.25",
+    "--max_epochs",
+    str(MAX_EPOCHS),
+    "--grace_period",
+    "1",
+    "--train_subset",
+    "300",
+]
 LOCK_ERRORS = ("database is locked", "OperationalError")
 
 
 def ui_request(url: str, path: str, body: dict | None = None) -> dict:
     """One REST call as the UI's pages make it; raises on any answer but 200."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read() or b"{}")
 
@@ -36,8 +50,13 @@ def read_like_the_ui(url: str) -> int:
     val_loss curve of the newest run. Returns how many runs it saw."""
     experiments = ui_request(url, "experiments/search", {"max_results": 100}).get("experiments", [])
     ids = [e["experiment_id"] for e in experiments]
-    runs = ui_request(url, "runs/search", {"experiment_ids": ids, "max_results": 1000,
-                                           "order_by": ["attributes.start_time DESC"]}).get("runs", []) if ids else []
+    runs = (
+        ui_request(
+            url, "runs/search", {"experiment_ids": ids, "max_results": 1000, "order_by": ["attributes.start_time DESC"]}
+        ).get("runs", [])
+        if ids
+        else []
+    )
     if runs:
         run_id = runs[0]["info"]["run_id"]
         ui_request(url, f"metrics/get-history?run_id={run_id}&metric_key=val_loss")
@@ -65,9 +84,27 @@ def test_two_searches_and_the_ui_share_one_sqlite_store(tmp_path):
     searches = []
     for seed in (0, 1):  # started together, as two people (or one impatient one) would
         log = open(tmp_path / f"search{seed}.log", "w")
-        searches.append((subprocess.Popen(
-            [sys.executable, "-m", "experiments", *SEARCH, "--seed", str(seed), "--storage_path", str(tmp_path / f"ray{seed}")],
-            cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=store), stdout=log, stderr=subprocess.STDOUT), log))
+        searches.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "experiments",
+                        *SEARCH,
+                        "--seed",
+                        str(seed),
+                        "--storage_path",
+                        str(tmp_path / f"ray{seed}"),
+                    ],
+                    cwd=tmp_path,
+                    env=subprocess_env(MLFLOW_TRACKING_URI=store),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
     reads, ui_failures, most_runs, deadline = 0, [], 0, time.time() + 1200
     try:
         while any(search.poll() is None for search, _ in searches):

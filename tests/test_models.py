@@ -29,7 +29,9 @@ def test_cae_shapes(c, d):
 
 def test_encoder_parameter_count_follows_the_layout():
     c, d = 6, 10
-    expected = (1 * 9 * c + c) + (c * 9 * 2 * c + 2 * c) + (2 * c * 9 * 4 * c + 4 * c) + (36 * c * 64 + 64) + (64 * d + d)
+    expected = (
+        (1 * 9 * c + c) + (c * 9 * 2 * c + 2 * c) + (2 * c * 9 * 4 * c + 4 * c) + (36 * c * 64 + 64) + (64 * d + d)
+    )
     assert n_params(Encoder(CAEConfig(c, d))) == expected
 
 
@@ -76,7 +78,13 @@ def test_batch_norm_encoder_adds_a_norm_per_conv_and_keeps_the_seeds_keys_withou
     c, d = 8, 14
     plain, normed = Encoder(CAEConfig(c, d)), Encoder(CAEConfig(c, d, batch_norm=True))
     assert [k for k in plain.state_dict() if k.startswith("conv.")] == [
-        "conv.0.weight", "conv.0.bias", "conv.2.weight", "conv.2.bias", "conv.4.weight", "conv.4.bias"]
+        "conv.0.weight",
+        "conv.0.bias",
+        "conv.2.weight",
+        "conv.2.bias",
+        "conv.4.weight",
+        "conv.4.bias",
+    ]
     norms = [m for m in normed.conv if isinstance(m, torch.nn.BatchNorm2d)]
     assert [m.num_features for m in norms] == [c, 2 * c, 4 * c]
     assert n_params(normed) == n_params(plain) + 2 * (c + 2 * c + 4 * c)  # a scale and a shift per channel

@@ -14,70 +14,79 @@ from mlflow.tracking import MlflowClient
 
 from experiments.errors import UserError
 from experiments.pipeline import Config
-from experiments.tracking import get_run
-from tests.helpers import fmae, mlflow_run, runs_of, start_mlflow_server, stop_mlflow_server
+from experiments.tracking.queries import get_run
+from tests.helpers import runs_of, start_mlflow_server, stop_mlflow_server
+from tests.study import STUDY
 
-# Three trials: the two start points run to the end; Optuna's first draw (c8-d6, lr 1e-4) is
-# worse after epoch 1 than both, so ASHA stops it at its first rung. top_encoders=1: the best
-# finished trial's encoder is fine-tuned (mode=full) besides the frozen run on the champion.
-STUDY = {"train_subset": 2000, "num_samples": 3, "max_epochs": 2, "grace_period": 1, "epochs": 1, "n_points": 300,
-         "top_encoders": 1}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ML = "workflowType=machine_learning"  # the UI's training view (MLflow 3 opens experiments in its GenAI view)
 WAIT_MS = 60_000  # a loaded 2-core machine renders slowly
 
 
-@pytest.fixture(scope="module")
-def study(module_store):
-    """The runs of one small `main`, by role; it must hold a stopped trial and a finished one."""
-    mlflow_run("main", {**STUDY, "storage_path": module_store / "ray"}, module_store)
-    runs = runs_of()
-    by_step = {r.data.tags.get("fmae.step"): r for r in runs}
-    trials = [r for r in runs if r.data.tags.get("fmae.step") == "tune-trial"]
-    pruned = [r for r in trials if r.data.tags.get("fmae.pruned") == "true"]
-    finished = [r for r in trials if "fmae.pruned" not in r.data.tags]
-    assert pruned and finished, [(r.info.run_name, r.data.tags.get("fmae.pruned")) for r in trials]
-    assert all(r.info.status == "FINISHED" for r in trials)
-    return {"main": by_step["main"], "tune": by_step["tune"], "vae": by_step["vae"], "trials": trials,
-            "pruned": pruned[0], "finished": finished[0], "experiment_id": by_step["main"].info.experiment_id,
-            "runs": runs}
-
-
 def test_main_runs_the_steps_in_order_as_children(study, tmp_path):
-    runs = study["runs"]
-    parent = study["main"]
+    parent = study.main
     assert parent.info.status == "FINISHED" and parent.info.run_name == "main"
-    steps = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    steps.sort(key=lambda r: r.info.start_time)
+    steps = sorted(
+        (r for r in study.runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda r: r.info.start_time,
+    )
     assert [r.data.tags["fmae.step"] for r in steps] == ["tune", "finetune", "finetune", "vae", "analyze"]
-    by_step = {r.data.tags["fmae.step"]: r for r in reversed(steps)}  # finetune: its first run
     # top_encoders=1: the search's best trial that ran to the end is fine-tuned in full mode as well
-    frozen, full = steps[1:3]
-    assert frozen.data.params["mode"] == "frozen" and full.data.params["mode"] == "full"
-    trial = get_run(full.data.tags["fmae.source_run_id"])
-    assert trial.data.tags["mlflow.parentRunId"] == by_step["tune"].info.run_id and "fmae.pruned" not in trial.data.tags
-    assert full.data.params["model_uri"] == f"runs:/{trial.info.run_id}/encoder"
-    assert full.data.tags["fmae.source_trial"] == trial.info.run_name
-    assert by_step["finetune"].data.params["model_uri"] == "models:/fmae-cae-encoder/1"  # this run's search
-    assert by_step["finetune"].data.params["epochs"] == "1"  # a step parameter given to main reaches the steps
-    client = MlflowClient()
-    page = open(client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path))).read()
-    for step, run in by_step.items():
-        assert f"<h2>{step}</h2>" in page and run.info.run_id in page
-    assert "data:image/png;base64," in page
-    for run in runs:  # trials ASHA stopped early too: that is the search working
+    assert steps[1:3] == [study.frozen, study.full]
+    trial = get_run(study.full.data.tags["fmae.source_run_id"])
+    assert trial.data.tags["mlflow.parentRunId"] == study.tune.info.run_id and "fmae.pruned" not in trial.data.tags
+    assert study.full.data.params["model_uri"] == f"runs:/{trial.info.run_id}/encoder"
+    assert study.full.data.tags["fmae.source_trial"] == trial.info.run_name
+    assert study.frozen.data.params["model_uri"] == "models:/fmae-cae-encoder/1"  # this run's search
+    assert study.frozen.data.params["epochs"] == str(
+        STUDY["epochs"]
+    )  # a step parameter given to main reaches the steps
+    for run in study.runs:  # trials ASHA stopped early too: that is the search working
         assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
     # The study's results on the top run, and a description linking every step's run
-    expected = {"best_test_loss": "tune", "test_accuracy": "finetune", "test_recon_mse": "vae",
-                "cae_knn_accuracy": "analyze", "vae_knn_accuracy": "analyze"}
-    by_step["finetune"] = max((frozen, full), key=lambda r: r.data.metrics["test_accuracy"])  # the best classifier
-    for metric, step in expected.items():
-        assert parent.data.metrics[metric] == pytest.approx(by_step[step].data.metrics[metric]), metric
-    assert parent.data.metrics["frozen_test_accuracy"] == pytest.approx(frozen.data.metrics["test_accuracy"])
+    best_classifier = max((study.frozen, study.full), key=lambda r: r.data.metrics["test_accuracy"])
+    expected = {
+        "best_test_loss": study.tune,
+        "test_accuracy": best_classifier,
+        "test_recon_mse": study.vae,
+        "cae_knn_accuracy": study.analyze,
+        "vae_knn_accuracy": study.analyze,
+    }
+    for metric, run in expected.items():
+        assert parent.data.metrics[metric] == pytest.approx(run.data.metrics[metric]), metric
+    assert parent.data.metrics["frozen_test_accuracy"] == pytest.approx(study.frozen.data.metrics["test_accuracy"])
     note = parent.data.tags["mlflow.note.content"]
     for run in steps:
         assert f"[{run.data.tags['fmae.step']}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in note
-    assert "http://" not in page  # no links that die inside MLflow's artifact viewer
+
+
+def test_every_run_says_what_it_is(study):
+    """A description on each step run and each trial: what it trained, its result, where it came from."""
+    for run in study.runs:
+        note = run.data.tags.get("mlflow.note.content", "")
+        assert len(note) > 40, (run.info.run_name, note)
+    assert "ran all" in study.finished.data.tags["mlflow.note.content"]
+    assert "Stopped early" in study.pruned.data.tags["mlflow.note.content"]
+    assert study.analyze.data.tags["mlflow.note.content"].startswith("**Both latent spaces compared**")
+
+
+def test_report_puts_results_first_and_links_every_run(study, tmp_path):
+    page = MlflowClient().download_artifacts(study.main.info.run_id, "report.html", str(tmp_path))
+    html = open(page).read()
+    base = f"http://127.0.0.1:{study.ui_port}/#/experiments/{study.experiment_id}/runs/"
+    for run in (study.tune, study.frozen, study.full, study.vae, study.analyze):
+        assert f'<h2>{run.data.tags["fmae.step"]}</h2><p>Run <a href="{base}{run.info.run_id}?{ML}">' in html
+    best = [t for t in study.trials if t.data.tags.get("fmae.best_trial") == "true"]
+    assert len(best) == 1 and f'{base}{best[0].info.run_id}?{ML}">{best[0].info.run_name}</a>' in html
+    for key in ("encoded_space_dim", "n_channels", "optimizer", "lr", "batch_norm"):  # the best hyperparameters
+        assert f"<tr><td>{key}</td><td>{study.tune.data.params['best_' + key]}</td></tr>" in html
+    assert "data:image/png;base64," in html and "size–quality front" in html
+    tables = re.findall(r"<table>(.*?)</table>", html.split("<details>")[0])
+    assert tables and not [t for t in tables if "system/" in t]  # system metrics only in the folded part
+    shown = re.search(r"<td>best_test_loss</td><td>([^<]+)</td>", html).group(1)  # rounded to what means something
+    assert len(shown.replace(".", "").lstrip("0")) <= 4 and float(shown) == pytest.approx(
+        study.tune.data.metrics["best_test_loss"], rel=1e-3
+    )
 
 
 def test_main_rejects_a_parameter_no_step_takes():
@@ -87,12 +96,8 @@ def test_main_rejects_a_parameter_no_step_takes():
         Config.from_argv(["--num_samples", "many"])
 
 
-def test_main_bad_profile_exits_2(tmp_path, tracking):
-    result = fmae(["main", "--profile", "huge"], tmp_path)
-    assert result.returncode == 2 and "profile='huge'" in result.stderr
-
-
 # --- what a person sees in the MLflow UI -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ui(module_store, study):
@@ -104,7 +109,9 @@ def ui(module_store, study):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the test extra has playwright: pip install -e '.[test]'")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the test extra has playwright: pip install -e '.[test]'"
+    )
     if CHROMIUM is None:
         message = "no chromium on PATH: scripts/setup.sh installs Debian's chromium package"
         if os.environ.get("CI"):
@@ -152,8 +159,9 @@ def curves(plot, runs: int) -> dict[str, float]:
     `runs` of them (the UI fetches metric histories one run at a time)."""
     deadline = time.monotonic() + WAIT_MS / 1000
     while True:
-        drawn = dict(plot.evaluate(
-            "p => (p.data || []).filter(t => t.y && t.y.length).map(t => [t.name, Math.max(...t.y)])"))
+        drawn = dict(
+            plot.evaluate("p => (p.data || []).filter(t => t.y && t.y.length).map(t => [t.name, Math.max(...t.y)])")
+        )
         if len(drawn) >= runs or time.monotonic() > deadline:
             return drawn
         time.sleep(0.5)
@@ -178,8 +186,9 @@ def open_run_tree(page, ui, experiment_id, view=""):
     person does to reach the trials: they are grandchildren of `main`."""
     page.goto(f"{ui}/#/experiments/{experiment_id}/runs?{ML}" + (f"&compareRunsMode={view}" if view else ""))
     for parent in ("main", "tune"):
-        page.get_by_role("gridcell").filter(has=page.get_by_role("link", name=parent, exact=True)) \
-            .get_by_role("button").click()
+        page.get_by_role("gridcell").filter(has=page.get_by_role("link", name=parent, exact=True)).get_by_role(
+            "button"
+        ).click()
 
 
 @pytest.mark.ui
@@ -228,8 +237,7 @@ def test_val_loss_chart_holds_only_the_cae_trials_on_their_scale(page, ui, study
 
     def chart(metric):
         page.get_by_placeholder("Search metric charts").fill(metric)
-        card = page.get_by_test_id("experiment-view-compare-runs-card") \
-            .filter(has=page.get_by_text(metric, exact=True))
+        card = page.get_by_test_id("experiment-view-compare-runs-card").filter(has=page.get_by_text(metric, exact=True))
         plotted = curves(card.locator(".js-plotly-plot"), len(cae_runs) if metric == "val_loss" else 1)
         page.screenshot(path=tmp_path / f"chart_{metric}.png")
         return plotted, [tick_value(t) for t in card.locator(".ytick text").all_text_contents()]

@@ -24,10 +24,28 @@ def start_search_and_stop_the_server(tmp_path, **env):
     folder.mkdir()
     server, url = start_mlflow_server(folder)
     search = subprocess.Popen(
-        [sys.executable, "-m", "experiments", "tune", "--num_samples", "1", "--max_epochs", "3", "--grace_period", "3",
-         "--train_subset", "2000", "--storage_path", str(tmp_path / "ray")],
-        cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=url, **env), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "experiments",
+            "tune",
+            "--num_samples",
+            "1",
+            "--max_epochs",
+            "3",
+            "--grace_period",
+            "3",
+            "--train_subset",
+            "2000",
+            "--storage_path",
+            str(tmp_path / "ray"),
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(MLFLOW_TRACKING_URI=url, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     client, deadline = MlflowClient(url), time.time() + 600
     while not client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0"):
         assert search.poll() is None and time.time() < deadline, search.communicate()[1][-3000:]
@@ -72,9 +90,14 @@ def test_an_outage_longer_than_the_retries_fails_clearly_and_the_search_resumes(
     server, _ = start_mlflow_server(folder, port=int(url.rsplit(":", 1)[1]))
     try:
         variable, *command = shlex.split(resume.group(1))
-        result = subprocess.run([sys.executable, "-m", "experiments", *command[1:]], cwd=tmp_path, timeout=600,
-                                env=subprocess_env(**dict([variable.split("=", 1)]), **retries),
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "experiments", *command[1:]],
+            cwd=tmp_path,
+            timeout=600,
+            env=subprocess_env(**dict([variable.split("=", 1)]), **retries),
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert_one_finished_trial_with_each_epoch_once(client)  # the same parent and child, each epoch once
     finally:

@@ -1,24 +1,29 @@
-"""`train_cae` end to end, as users run it: through `mlflow run` on a small real subset."""
+"""`train_cae` on a small real subset (in-process: the study covers `mlflow run`, test_config the
+command line), and what it leaves in MLflow."""
+
+import contextlib
+import io
 
 import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from experiments.tracking import load_module
-from tests.helpers import assert_png, fmae, metric_history, mlflow_run, runs_of
+from experiments import cli, train_cae
+from experiments.tracking.models import load_module
+from tests.helpers import assert_png, metric_history, runs_of
 
 
 @pytest.fixture(scope="module")
 def trained(module_store):
-    tmp = module_store
-    result = mlflow_run("train_cae", {"train_subset": 3000, "epochs": 3, "encoded_space_dim": 6, "lr": "3e-3"}, tmp)
-    (run,) = runs_of()
-    return run, tmp, result
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        run_id = train_cae.run(train_cae.Config(train_subset=3000, epochs=3, encoded_space_dim=6, lr=3e-3))
+    return MlflowClient().get_run(run_id), module_store, console.getvalue()
 
 
 def test_run_finished_with_params_and_one_metric_per_epoch(trained):
-    run, _, result = trained
+    run, _, console = trained
     assert run.info.status == "FINISHED"
     assert run.data.params["encoded_space_dim"] == "6" and run.data.params["optimizer"] == "adam"
     for key in ("train_loss", "val_loss"):
@@ -26,11 +31,16 @@ def test_run_finished_with_params_and_one_metric_per_epoch(trained):
     val = [v for _, v in metric_history(run.info.run_id, "val_loss")]
     assert val[2] < val[0], f"val_loss did not fall: {val}"
     assert 0 < run.data.metrics["test_loss"] < 0.2
-    assert f"runs/{run.info.run_id}?workflowType=machine_learning" in result.stdout
-    inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
-              for i in MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs}
+    assert f"runs/{run.info.run_id}?workflowType=machine_learning" in console
+    assert run.data.tags["mlflow.note.content"].startswith("**CAE** c8-d6, adam at lr 0.003, 3 epochs")
+    inputs = {
+        {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset
+        for i in MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    }
     assert set(inputs) == {"training", "validation", "test"}  # the UI's Datasets column
-    assert inputs["training"].name == "fashion-mnist-training" and run.data.params["data_source"] in inputs["test"].source
+    assert (
+        inputs["training"].name == "fashion-mnist-training" and run.data.params["data_source"] in inputs["test"].source
+    )
 
 
 def test_logged_models_load_and_map_shapes(trained):
@@ -65,10 +75,11 @@ def test_one_epoch_on_the_gpu_keeps_data_there(small_data):
     assert seen and seen[0]["val_loss"] < 0.2
 
 
-def test_a_diverging_training_exits_2_naming_its_hyperparameters(tmp_path, tracking):
-    result = fmae(["train_cae", "--optimizer", "sgd", "--lr", "1e20", "--epochs", "3", "--train_subset", "1000"], tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "diverged: train_loss became nan" in result.stderr and "optimizer=sgd lr=1e+20" in result.stderr
+def test_a_diverging_training_exits_2_naming_its_hyperparameters(tracking, capsys):
+    assert cli.main(["train_cae", "--optimizer", "sgd", "--lr", "1e20", "--epochs", "3", "--train_subset", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "diverged: train_loss became nan" in err and "optimizer=sgd lr=1e+20" in err
     (run,) = runs_of("fmae")
     assert run.info.status == "FAILED"
     assert run.data.tags["fmae.failure"] == "diverged" and run.data.tags["fmae.diverged_at_epoch"] == "1"
