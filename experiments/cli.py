@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # MLflow draws a progress bar for every artifact download: two per model load, dozens a study.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # With a tracking server MLflow prints "View run / View experiment" as each run ends, into its
+    # GenAI view; fmae prints one link per step, into the training view.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" line per run
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

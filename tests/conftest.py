@@ -45,9 +45,12 @@ def use_store(mp: pytest.MonkeyPatch, uri: str) -> None:
 
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
-    """A fresh sqlite tracking store under tmp_path, for this process and its children."""
+    """A fresh sqlite tracking store under tmp_path, for this process and its children. Its tables
+    are made here: two processes making them at once (a test polling while its step starts) trip
+    over each other's migrations."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     use_store(monkeypatch, uri)
+    mlflow.search_experiments()
     yield uri
     while mlflow.active_run():
         mlflow.end_run()

@@ -160,3 +160,12 @@ def stop_mlflow_server(proc: subprocess.Popen, timeout: float = 30) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def assert_each_epoch_once(run, epochs: list[int], client=None) -> None:
+    """run (a trial's) holds train_loss and val_loss for exactly these epochs, each once: what a
+    retried, resumed or restarted trial must not break."""
+    client = client or mlflow.tracking.MlflowClient()
+    for key in ("train_loss", "val_loss"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == epochs, (run.info.run_name, key, steps)

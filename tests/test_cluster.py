@@ -19,10 +19,10 @@ from ray.tune import Callback
 
 from tests.helpers import (
     ROOT,
+    assert_each_epoch_once,
     assert_png,
     fmae,
     free_port,
-    metric_history,
     start_mlflow_server,
     stop_mlflow_server,
     subprocess_env,
@@ -144,8 +144,7 @@ def test_artifacts_and_champion_come_through_the_server(cluster_search, tmp_path
 def test_a_dead_worker_is_retried_from_its_checkpoint_and_logs_each_epoch_once(cluster_search):
     assert (cluster_search["tmp"] / "killed-once").exists()  # one trial's worker really died at epoch 2
     for child in cluster_search["children"]:
-        for key in ("val_loss", "train_loss"):
-            assert [s for s, _ in metric_history(child.info.run_id, key)] == [1, 2, 3], child.info.run_name
+        assert_each_epoch_once(child, [1, 2, 3])
 
 
 def test_killed_driver_resumes_the_same_search(tmp_path, tracking):
@@ -189,7 +188,7 @@ def test_killed_driver_resumes_the_same_search(tmp_path, tracking):
     assert len(children) == 3
     assert all(c.info.status == "FINISHED" for c in children), [c.info.status for c in children]
     for child in children:
-        assert [s for s, _ in metric_history(child.info.run_id, "val_loss")] == [1, 2]
+        assert_each_epoch_once(child, [1, 2])
     assert finished_before <= {c.info.run_id for c in children}
 
 

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from experiments.errors import UserError
 from experiments.pipeline import Config
 from experiments.tracking.queries import get_run
-from tests.helpers import runs_of, start_mlflow_server, stop_mlflow_server
+from tests.helpers import start_mlflow_server, stop_mlflow_server
 from tests.study import STUDY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -100,9 +100,11 @@ def test_main_rejects_a_parameter_no_step_takes():
 
 
 @pytest.fixture(scope="module")
-def ui(module_store, study):
-    """The URL of `mlflow server` serving the study's store (and its artifacts) on 127.0.0.1."""
-    proc, url = start_mlflow_server(module_store, store=f"sqlite:///{module_store / 'mlflow.db'}")
+def ui(tmp_path_factory, study):
+    """The URL of `mlflow server` serving the study's store (and its artifacts) on 127.0.0.1, at the
+    port the study's links (console, report.html) were written for."""
+    folder = tmp_path_factory.mktemp("ui")
+    proc, url = start_mlflow_server(folder, store=f"sqlite:///{study.folder / 'mlflow.db'}", port=study.ui_port)
     yield url
     stop_mlflow_server(proc)
 
@@ -193,7 +195,7 @@ def open_run_tree(page, ui, experiment_id, view=""):
 
 @pytest.mark.ui
 def test_main_run_shows_its_headline_metrics_and_a_description_linking_its_steps(page, ui, study, tmp_path):
-    main, eid = study["main"], study["experiment_id"]
+    main, eid = study.main, study.experiment_id
     page.goto(f"{ui}/#/experiments/{eid}/runs/{main.info.run_id}?{ML}")
     expect(page.get_by_role("heading", name="main", exact=True)).to_be_visible()
     for metric in ("best_test_loss", "test_accuracy", "test_recon_mse", "cae_knn_accuracy", "vae_knn_accuracy"):
@@ -208,7 +210,7 @@ def test_main_run_shows_its_headline_metrics_and_a_description_linking_its_steps
     if show_more.count():
         show_more.click()
     page.screenshot(path=tmp_path / "main_description.png")
-    steps = {r.info.run_name: r for r in runs_of() if r.data.tags.get("mlflow.parentRunId") == main.info.run_id}
+    steps = {r.info.run_name: r for r in study.runs if r.data.tags.get("mlflow.parentRunId") == main.info.run_id}
     assert set(steps) == {"tune", "finetune", "vae", "analyze"}
     for name, run in steps.items():  # links into the training view, not the GenAI one
         expect(page.locator(f'a[href*="/runs/{run.info.run_id}?{ML}"]')).to_have_text(name)
@@ -220,7 +222,7 @@ def test_main_run_shows_its_headline_metrics_and_a_description_linking_its_steps
 
 @pytest.mark.ui
 def test_search_figures_are_served(page, ui, study, tmp_path):
-    page.goto(f"{ui}/#/experiments/{study['experiment_id']}/runs/{study['tune'].info.run_id}?{ML}")
+    page.goto(f"{ui}/#/experiments/{study.experiment_id}/runs/{study.tune.info.run_id}?{ML}")
     page.get_by_role("tab", name="Artifacts").click()
     page.get_by_text("learning_curves.png", exact=True).click()
     page.wait_for_function("() => [...document.images].some(i => i.complete && i.naturalWidth >= 400)")
@@ -231,9 +233,9 @@ def test_search_figures_are_served(page, ui, study, tmp_path):
 def test_val_loss_chart_holds_only_the_cae_trials_on_their_scale(page, ui, study, tmp_path):
     """val_loss is the CAE's MSE per pixel; the VAE's val_elbo (nats per image) must not share its
     chart, or the trials' curves flatten at the bottom of a 0-500 axis."""
-    open_run_tree(page, ui, study["experiment_id"], view="CHART")
-    cae_runs = {r.info.run_name for r in runs_of() if "val_loss" in r.data.metrics}
-    assert cae_runs == {r.info.run_name for r in study["trials"]}
+    open_run_tree(page, ui, study.experiment_id, view="CHART")
+    cae_runs = {r.info.run_name for r in study.runs if "val_loss" in r.data.metrics}
+    assert cae_runs == {r.info.run_name for r in study.trials}
 
     def chart(metric):
         page.get_by_placeholder("Search metric charts").fill(metric)
@@ -243,18 +245,18 @@ def test_val_loss_chart_holds_only_the_cae_trials_on_their_scale(page, ui, study
         return plotted, [tick_value(t) for t in card.locator(".ytick text").all_text_contents()]
 
     plotted, ticks = chart("val_loss")
-    assert set(plotted) == cae_runs and study["vae"].info.run_name not in plotted, plotted
+    assert set(plotted) == cae_runs and study.vae.info.run_name not in plotted, plotted
     assert ticks and all(0 <= t < 1 for t in ticks), ticks  # what a person reads off the axis
     assert max(plotted.values()) < 1
     # The check above can fail: the VAE's own chart is on a scale of hundreds of nats.
     plotted, ticks = chart("val_elbo")
-    assert set(plotted) == {study["vae"].info.run_name} and max(ticks) > 1, (plotted, ticks)
+    assert set(plotted) == {study.vae.info.run_name} and max(ticks) > 1, (plotted, ticks)
 
 
 @pytest.mark.ui
 def test_compare_a_stopped_trial_with_a_finished_one(page, ui, study, tmp_path):
-    open_run_tree(page, ui, study["experiment_id"])
-    pair = [study["pruned"].info.run_name, study["finished"].info.run_name]
+    open_run_tree(page, ui, study.experiment_id)
+    pair = [study.pruned.info.run_name, study.finished.info.run_name]
     for name in pair:
         row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
         row.get_by_role("checkbox", name=re.compile("row selection")).check()
@@ -284,3 +286,84 @@ def test_champion_encoder_version_page_shows_its_description(page, ui, study, tm
     page.screenshot(path=tmp_path / "champion.png")
     assert (version.description or "").strip(), f"fmae-cae-encoder version {version.version} has no description"
     expect(page.get_by_text(shown_text(version.description)).first).to_be_visible()
+
+
+def expect_training_view(page) -> None:
+    """The Model-training view (its runs, its run pages), not MLflow 3's GenAI overview."""
+    expect(page).to_have_url(re.compile(ML))
+    expect(page.get_by_role("link", name="Judges")).to_have_count(0)  # a GenAI-only page in its side bar
+
+
+@pytest.mark.ui
+def test_every_link_fmae_gives_lands_on_the_training_runs_in_a_fresh_browser(page, ui, study, tmp_path):
+    """A fresh profile (MLflow keeps the GenAI / Model-training choice per browser, GenAI first):
+    `fmae ui`'s link, the console's run link, a version's and report.html's links all land on runs."""
+    from experiments.tracking.links import ui_path
+
+    page.goto(f"{ui}/{ui_path(study.experiment_id)}")  # what `fmae ui` prints: the study's runs
+    expect(page.get_by_role("gridcell").get_by_role("link", name="main", exact=True)).to_be_visible()
+    expect_training_view(page)
+    page.screenshot(path=tmp_path / "fmae_ui_link.png")
+    printed = re.search(rf"Run: (http://127.0.0.1:{study.ui_port}/\S+/runs/{study.main.info.run_id}\S*)", study.console)
+    page.goto(printed.group(1))  # the link `main` printed when it ended
+    expect(page.get_by_role("heading", name="main", exact=True)).to_be_visible()
+    expect_training_view(page)
+    page.goto(f"{ui}/#/models/fmae-cae-encoder/versions/1")  # a version's description links its run (in a new tab)
+    with page.context.expect_page() as opened:
+        page.locator(f'a[href*="/runs/{study.tune.info.run_id}?{ML}"]').first.click()
+    expect(opened.value.get_by_role("heading", name="tune", exact=True)).to_be_visible()
+    expect_training_view(opened.value)
+    opened.value.close()
+    report = MlflowClient().download_artifacts(study.main.info.run_id, "report.html", str(tmp_path))
+    page.goto(f"file://{report}")  # report.html read on its own: its links open the runs
+    page.get_by_role("link", name="vae", exact=True).click()
+    expect(page.get_by_role("heading", name="vae", exact=True)).to_be_visible()
+    expect_training_view(page)
+
+
+@pytest.mark.ui
+def test_a_visitor_on_the_genai_overview_reads_where_the_study_is(page, ui, study, tmp_path):
+    page.goto(f"{ui}/#/experiments/{study.experiment_id}")  # the experiment list's link, in a fresh browser
+    expect(page).to_have_url(re.compile("workflowType=genai"))
+    expect(page.get_by_text('This study\'s runs are under "Model training" (top left of this page)')).to_be_visible()
+    page.screenshot(path=tmp_path / "genai_overview.png")
+    got_it = page.get_by_role("button", name="Got it")  # MLflow's "Detect Issues" pop-over holds the page
+    if got_it.count():
+        got_it.click()
+    page.get_by_role("button", name="Model training").click()  # where the first line says to go
+    expect(page.get_by_role("gridcell").get_by_role("link", name="main", exact=True)).to_be_visible()
+
+
+@pytest.mark.ui
+def test_stopped_trials_stand_apart_in_the_runs_table(page, ui, study, tmp_path):
+    open_run_tree(page, ui, study.experiment_id)
+    stopped = page.get_by_role("gridcell").get_by_role("link", name=re.compile(r"\(stopped at epoch \d+\)$"))
+    expect(stopped).to_have_count(len([t for t in study.trials if t.data.tags.get("fmae.pruned") == "true"]))
+    expect(page.get_by_role("link", name=study.finished.info.run_name, exact=True)).to_be_visible()
+    page.screenshot(path=tmp_path / "runs_table.png")
+
+
+@pytest.mark.ui
+def test_the_best_trial_links_the_version_its_encoder_became(page, ui, study, tmp_path):
+    best = next(t for t in study.trials if t.data.tags.get("fmae.best_trial") == "true")
+    page.goto(f"{ui}/#/experiments/{study.experiment_id}/runs/{best.info.run_id}?{ML}")
+    show_more = page.get_by_text("Show more", exact=True)
+    if show_more.count():
+        show_more.click()
+    with page.context.expect_page() as opened:  # description links open a new tab
+        page.get_by_role("link", name="fmae-cae-encoder version 1", exact=True).click()
+    expect(opened.value.get_by_role("heading", name="Version 1")).to_be_visible()
+    opened.value.screenshot(path=tmp_path / "best_trial_version.png")
+
+
+@pytest.mark.ui
+def test_no_system_metric_is_listed_under_a_model(page, ui, study, tmp_path):
+    """The run page's metrics table: the encoder holds the search's results, not CPU and disk figures."""
+    page.goto(f"{ui}/#/experiments/{study.experiment_id}/runs/{study.tune.info.run_id}?{ML}")
+    row = page.get_by_role("row").filter(has=page.get_by_text("system/cpu_utilization_percentage", exact=True))
+    row.scroll_into_view_if_needed()
+    expect(row).to_be_visible()
+    expect(row).not_to_contain_text("encoder")
+    result = page.get_by_role("row").filter(has=page.get_by_text("best_test_loss", exact=True))
+    expect(result).to_contain_text("encoder")  # the search's result is the model's
+    page.screenshot(path=tmp_path / "tune_metrics.png")

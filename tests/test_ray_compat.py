@@ -60,7 +60,7 @@ def test_a_trial_knows_its_number_only_from_its_folder_name():
 
 
 def test_ray_prints_what_quiet_console_silences():
-    """-> QUIET: the new console's boxes and hints, the snapshot warning, MLflow's run links."""
+    """-> QUIET: the new console's boxes and hints, and the snapshot warning."""
     assert "RAY_AIR_NEW_OUTPUT" not in os.environ or os.environ["RAY_AIR_NEW_OUTPUT"] != "0"
     assert get_air_verbosity(0) is not None  # the new console is on by default
     assert "snapshotting has been triggered" in inspect.getsource(experiment_state)

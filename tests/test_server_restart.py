@@ -12,7 +12,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import start_mlflow_server, stop_mlflow_server, subprocess_env
+from tests.helpers import assert_each_epoch_once, start_mlflow_server, stop_mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 OUTAGE_SECONDS = 20
@@ -61,9 +61,7 @@ def assert_one_finished_trial_with_each_epoch_once(client):
     assert parent.info.status == "FINISHED" and len(children) == 1
     for child in children:
         assert child.info.status == "FINISHED"
-        for key in ("train_loss", "val_loss"):
-            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
-            assert steps == [1, 2, 3], (child.info.run_name, key, steps)
+        assert_each_epoch_once(child, [1, 2, 3], client)
 
 
 def test_a_search_rides_out_a_tracking_server_restart(tmp_path):

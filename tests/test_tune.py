@@ -406,3 +406,13 @@ def test_a_search_ray_gives_up_on_leaves_no_trial_running(tracking, tmp_path):
         ("tune", "FAILED"),
         ("tune-trial", "FAILED"),
     ]
+
+
+def test_no_logged_model_holds_a_system_metric(study):
+    """MLflow linked every step-0 metric to a model logged at step 0, the system samples with them."""
+    models = mlflow.search_logged_models(experiment_ids=[study.experiment_id], output_format="list")
+    assert len(models) >= 5  # trials' encoders, the search's cae and encoder, classifiers, the VAE's
+    for model in models:
+        assert not [m.key for m in model.metrics or [] if m.key.startswith("system/")], model.name
+    search_encoder = [m for m in models if m.source_run_id == study.tune.info.run_id and m.name == "encoder"][0]
+    assert "best_test_loss" in {m.key for m in search_encoder.metrics}  # the run's own results still are

@@ -84,8 +84,6 @@ QUIET = {
     # "Experiment state snapshotting has been triggered multiple times": forced because every
     # trial checkpoints each epoch with num_to_keep set (execution/experiment_state.py).
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # MLflow's "View run / View experiment" pair each time the driver ends a trial's run.
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
