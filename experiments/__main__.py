@@ -1,5 +1,3 @@
-import sys
+from experiments.cli import console
 
-from experiments.cli import main
-
-sys.exit(main())
+console()

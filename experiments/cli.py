@@ -6,6 +6,7 @@ importing them (the search lives in tune/, which builds on experiments/ and is n
 by it), and imported only when asked for.
 """
 
+import atexit
 import importlib
 import logging
 import os
@@ -99,5 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console() -> None:
+    """The `fmae` command (and `python -m experiments`): main(), then an exit that skips
+    Python's teardown of torch, Ray and MLflow's modules (about 2 s after every step, measured in
+    docs/performance.md) once the atexit handlers (MLflow's, Ray's, logging's) have run."""
+    status = [1]  # an exception escaping main() is a failure
+
+    def exit_now():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status[0])
+
+    atexit.register(exit_now)  # registered first, so it runs after every handler registered later
+    status[0] = main()
+    sys.exit(status[0])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -137,17 +137,16 @@ def latent_figures(model: CAE, test: Split, seed: int, n_points: int = 2000) -> 
     }
 
 
-def log_autoencoder(run: StepRun, model: CAE, test: Split, seed: int, whole: bool = True):
-    """Its figures (reconstructions, latent PCA, samples), its encoder as the logged model
-    `encoder` and, if whole, the autoencoder as `cae`; returns the encoder's ModelInfo."""
+def log_autoencoder(run: StepRun, model: CAE, test: Split, seed: int):
+    """Its figures (reconstructions, latent PCA, samples), the autoencoder as the logged model `cae`
+    and its encoder as `encoder`; returns the encoder's ModelInfo."""
     from experiments import plots
 
     run.log_figures(
         {"reconstructions.png": plots.reconstructions_figure(model, test), **latent_figures(model, test, seed)}
     )
     config = dataclasses.asdict(model.config)
-    if whole:
-        run.log_model(model, "cae", "cae", config)
+    run.log_model(model, "cae", "cae", config)
     return run.log_model(model.encoder, "encoder", "encoder", config)
 
 

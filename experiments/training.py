@@ -69,9 +69,10 @@ def make_optimizer(
     params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
     first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
     options = {"momentum": momentum} if takes_momentum else {}
-    if has_fused and first.is_cuda:
-        # On a GPU a step of these small models is bound by kernel launches: fused optimisers
-        # update every tensor in one kernel instead of several per tensor.
+    if has_fused and (first.is_cuda or first.device.type == "cpu"):
+        # A step of these small models is bound by per-tensor overheads: fused optimisers update
+        # every tensor in one kernel (on the 2-core CPU, with channels-last: c=32 1.43x, c=8 1.38x
+        # the images per second of foreach; benchmarks/performance.py measures it).
         options["fused"] = True
     return cls(params, lr=lr, weight_decay=weight_decay, **options)
 
@@ -160,6 +161,10 @@ def fit(
     on_cuda = next(model.parameters()).is_cuda
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # shapes repeat every step: let cuDNN pick its fastest kernels
+    else:
+        # oneDNN's convolutions run faster on channels-last weights (NHWC): +20% images per second
+        # at c=8, +25% at c=32 on this CPU. In place, so the optimiser keeps its parameters.
+        model.to(memory_format=torch.channels_last)
     torch.set_flush_denormal(True)  # this thread's arithmetic; flush_denormals_ covers the weights
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()

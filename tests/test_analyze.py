@@ -30,16 +30,17 @@ def test_figures_are_pngs(study, tmp_path):
 
 
 def test_lineage_names_both_models_and_the_decoders_used(study):
-    tags, search, vae = study.analyze.data.tags, study.tune.info.run_id, study.vae.info.run_id
-    assert tags["fmae.cae_source_model"] == "fmae-cae-encoder/1" and tags["fmae.cae_source_run_id"] == search
-    assert tags["fmae.cae_decoder"] == f"runs:/{search}/cae"  # the encoder alone: its run's whole autoencoder
+    tags, vae = study.analyze.data.tags, study.vae.info.run_id
+    trial = next(t.info.run_id for t in study.trials if t.data.tags.get("fmae.best_trial") == "true")
+    assert tags["fmae.cae_source_model"] == "fmae-cae-encoder/1" and tags["fmae.cae_source_run_id"] == trial
+    assert tags["fmae.cae_decoder"] == f"runs:/{trial}/cae"  # the encoder alone: its run's whole autoencoder
     assert tags["fmae.vae_source_model"] == "fmae-vae/1" and tags["fmae.vae_source_run_id"] == vae
     assert tags["fmae.vae_decoder"] == "models:/fmae-vae/1"  # a whole VAE decodes itself
 
 
-@pytest.mark.parametrize("name,step", [("cae", "tune"), ("vae", "vae")])
+@pytest.mark.parametrize("name,step", [("cae", "finished"), ("vae", "vae")])
 def test_an_encoder_alone_finds_its_decoder_by_any_uri(study, name, step):
-    run = getattr(study, step)
+    run = getattr(study, step)  # a trial that ran to the end logged both; so did the VAE
     (model,) = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         output_format="list",
@@ -55,7 +56,7 @@ def test_a_model_uri_that_names_nothing_exits_2_and_leaves_no_run(study, capsys)
     argv = [
         "analyze",
         "--cae_model_uri",
-        f"runs:/{study.tune.info.run_id}/encoder",
+        f"runs:/{study.finished.info.run_id}/encoder",
         "--vae_model_uri",
         "models:/no-such-vae@champion",
     ]

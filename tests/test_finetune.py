@@ -139,7 +139,7 @@ def test_a_model_uri_naming_nothing_exits_2_without_traceback_or_running_run(tra
 
 def test_a_model_uri_that_is_not_an_encoder_is_rejected(study, capsys):
     for uri, kind in (
-        (f"runs:/{study.tune.info.run_id}/cae", "cae"),
+        (f"runs:/{study.finished.info.run_id}/cae", "cae"),
         (f"runs:/{study.frozen.info.run_id}/classifier", "classifier"),
     ):
         assert cli.main(["finetune", "--model_uri", uri, "--train_subset", "100"]) == 2

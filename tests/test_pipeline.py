@@ -358,12 +358,14 @@ def test_the_best_trial_links_the_version_its_encoder_became(page, ui, study, tm
 
 @pytest.mark.ui
 def test_no_system_metric_is_listed_under_a_model(page, ui, study, tmp_path):
-    """The run page's metrics table: the encoder holds the search's results, not CPU and disk figures."""
-    page.goto(f"{ui}/#/experiments/{study.experiment_id}/runs/{study.tune.info.run_id}?{ML}")
-    row = page.get_by_role("row").filter(has=page.get_by_text("system/cpu_utilization_percentage", exact=True))
+    """A finished trial's metrics table: its encoder holds its test_loss, not CPU and disk figures."""
+    page.goto(f"{ui}/#/experiments/{study.experiment_id}/runs/{study.finished.info.run_id}?{ML}")
+    row = page.get_by_role("row").filter(
+        has=page.get_by_role("link", name="system/cpu_utilization_percentage", exact=True)
+    )
     row.scroll_into_view_if_needed()
     expect(row).to_be_visible()
     expect(row).not_to_contain_text("encoder")
-    result = page.get_by_role("row").filter(has=page.get_by_text("best_test_loss", exact=True))
-    expect(result).to_contain_text("encoder")  # the search's result is the model's
+    result = page.get_by_role("row").filter(has=page.get_by_role("link", name="test_loss", exact=True))
+    expect(result).to_contain_text("encoder")  # the trial's result is its models\'
     page.screenshot(path=tmp_path / "tune_metrics.png")

@@ -3,12 +3,14 @@
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import ray
 
 from experiments import interrupts
 from experiments.errors import UserError
+from tune import ray_compat
 
 # Trials on other nodes log through the same authenticated tracking server: its credentials
 # travel in Ray's runtime environment, never as a run's param or tag.
@@ -47,16 +49,40 @@ def connect_ray(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def ray_session(address: str) -> Iterator[None]:
-    """Ray for the length of a search; one this search started is shut down after it, even by a
-    second Ctrl-C (which must not leave Ray's processes behind)."""
-    started = connect_ray(address)
+def ray_session(address: str) -> Iterator[Callable[[], None]]:
+    """Ray for the length of a search, started (or joined) in the background while the search
+    loads its data and opens its run; yields a function that waits for it (and raises what
+    connecting raised). One this search started is shut down after it, even by a second Ctrl-C
+    (which must not leave Ray's processes behind)."""
+    outcome, connected, finished = {}, threading.Event(), threading.Event()
+
+    def connect():
+        try:
+            outcome["started"] = connect_ray(address)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by ready()
+            outcome["error"] = exc
+        connected.set()
+        # Ray's own processes get the SIGKILL their parent thread's exit sends (PR_SET_PDEATHSIG
+        # follows the thread that forked them): the thread that started them waits for the end.
+        finished.wait()
+
+    ray_compat.drop_note_of_init_off_main_thread()
+    thread = threading.Thread(target=connect, name="fmae-ray-init", daemon=True)
+    thread.start()
+
+    def ready() -> None:
+        connected.wait()
+        if "error" in outcome:
+            raise outcome["error"]
+
     try:
-        yield
+        yield ready
     finally:
-        if started:
+        connected.wait()
+        if outcome.get("started"):
             with interrupts.deferred():
                 ray.shutdown()
+        finished.set()
 
 
 def trial_concurrency(config) -> int:
@@ -82,3 +108,15 @@ def trial_concurrency(config) -> int:
             "max_concurrent."
         )
     return min(slots, config.num_samples)
+
+
+def cpus_to_use(own: float) -> int:
+    """Threads for a trial holding `own` CPUs: its own, plus its share of the CPUs no trial holds
+    on a one-node Ray (the search's last trials, once the others have ended, would leave cores
+    idle). On a cluster of several nodes the free CPUs may be elsewhere: its own only."""
+    base = max(1, int(own))
+    if len([node for node in ray.nodes() if node.get("Alive")]) != 1:
+        return base
+    total, idle = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
+    held = total - idle
+    return base + (int(idle * own / held) if held > 0 else 0)

@@ -3,6 +3,7 @@ names what it works around and where; tests/test_ray_compat.py holds a canary pe
 fails once Ray fixes it, so an upgrade shows which of these to delete."""
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -74,6 +75,20 @@ def result_trial_id(result) -> str | None:
         return result.metrics["trial_id"]
     match = re.search(r"_([0-9a-f]{5,})_\d+_", Path(result.path).name) if result.path else None
     return match.group(1) if match else None
+
+
+class _NotMainThreadNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set because current thread")
+
+
+def drop_note_of_init_off_main_thread() -> None:
+    """ray.init in a thread other than the main one warns that it leaves SIGTERM alone
+    (_private/worker.py init). That is what fmae wants: in the main thread ray.init replaces
+    fmae's SIGTERM handler with sys.exit, and fmae relays SIGTERM to Tune itself."""
+    logger = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _NotMainThreadNote) for f in logger.filters):
+        logger.addFilter(_NotMainThreadNote())
 
 
 # Console noise a user cannot act on, silenced while a search runs (Ray reads these in fit):

@@ -167,6 +167,7 @@ def trial_setup(config: Config, step: Step) -> TrialSetup:
     )
     tags = step.run.client.get_run(step.run_id).data.tags
     return TrialSetup(
+        cpus_per_trial=config.cpus_per_trial,
         base=base,
         tracking_uri=tracking_uri(),
         experiment_id=step.experiment_id,
@@ -175,52 +176,49 @@ def trial_setup(config: Config, step: Step) -> TrialSetup:
     )
 
 
+def search_folder(parent, storage: str, interrupted: dict | None) -> Path:
+    """fmae's own files of this search (or of the interrupted one), beside Ray's results."""
+    name = interrupted["name"] if interrupted else f"fmae-tune-{parent.run_id[:12]}"
+    folder = resume.search_folder(storage, name)
+    resume.write_search_file(folder, name=name, parent_run_id=parent.run_id, finished=False)
+    parent.set_tags(
+        {"fmae.ray_results": f"{storage}/{name}", "fmae.optuna_study": f"sqlite:///{folder / resume.STUDY_FILE}"}
+    )
+    return folder
+
+
+def prepare_tuner(config: Config, step: Step, folder: Path, storage: str, callbacks) -> tuple:
+    """The Tuner, and the callback that closes the trials' runs (check_outage asks it)."""
+    concurrency = trial_concurrency(config)
+    if not config.resume:  # a resumed search keeps the limit it was saved with
+        step.run.log_params({"concurrent_trials": concurrency})
+    setup = trial_setup(config, step)
+    status = ChildRunStatus(setup.tracking_uri, config.max_epochs)
+    trainable = tune.with_parameters(train_trial, data=step.data.pack(), setup=setup)
+    timeline = TrialTimeline(folder / resume.TIMELINE_FILE)
+    return build_tuner(config, trainable, folder, storage, [status, timeline, *callbacks], concurrency), status
+
+
 def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
     """The search as one MLflow parent run; callbacks: more Ray Tune callbacks to run with it."""
     storage = resume.storage_root(config.storage_path)
     interrupted = resume.find_interrupted_search(storage) if config.resume else None
-    with open_step(
-        STEP, config, data_on_device=False, resume_run_id=interrupted and interrupted["parent_run_id"]
-    ) as step:
-        parent = step.run
-        with ray_session(config.ray_address), ray_compat.quiet_console(config.verbose):
-            name = interrupted["name"] if interrupted else f"fmae-tune-{parent.run_id[:12]}"
-            folder = resume.search_folder(storage, name)
-            resume.write_search_file(folder, name=name, parent_run_id=parent.run_id, finished=False)
-            parent.set_tags(
-                {
-                    "fmae.ray_results": f"{storage}/{name}",
-                    "fmae.optuna_study": f"sqlite:///{folder / resume.STUDY_FILE}",
-                }
-            )
-            concurrency = trial_concurrency(config)
-            if not config.resume:  # a resumed search keeps the limit it was saved with
-                parent.log_params({"concurrent_trials": concurrency})
-            setup = trial_setup(config, step)
-            status = ChildRunStatus(setup.tracking_uri, config.max_epochs)
-            trainable = tune.with_parameters(train_trial, data=step.data.pack(), setup=setup)
-            tuner = build_tuner(
-                config,
-                trainable,
-                folder,
-                storage,
-                [status, TrialTimeline(folder / resume.TIMELINE_FILE), *callbacks],
-                concurrency,
-            )
-            began = time.perf_counter()
-            with closing_children(step.experiment_id, parent.run_id):
-                results = fit(tuner, config, storage)
-                resume.check_outage(results, status, config, storage)
-            drop_lost_trials(step.experiment_id, parent.run_id, results)
-            found = summary.summarize_search(
-                results,
-                config,
-                step.data,
-                name,
-                folder,
-                read_timeline(folder / resume.TIMELINE_FILE),
-                time.perf_counter() - began,
-            )
-            summary.log_search_summary(parent, found, config, step.data)
-            resume.write_search_file(folder, finished=True)
-        return parent.run_id
+    resume_run_id = interrupted and interrupted["parent_run_id"]
+    with (
+        ray_session(config.ray_address) as ray_ready,  # Ray starts while the data loads and the run opens
+        ray_compat.quiet_console(config.verbose),
+        open_step(STEP, config, data_on_device=False, resume_run_id=resume_run_id) as step,
+    ):
+        ray_ready()
+        folder = search_folder(step.run, storage, interrupted)
+        tuner, status = prepare_tuner(config, step, folder, storage, callbacks)
+        began = time.perf_counter()
+        with closing_children(step.experiment_id, step.run_id):
+            results = fit(tuner, config, storage)
+            resume.check_outage(results, status, config, storage)
+        drop_lost_trials(step.experiment_id, step.run_id, results)
+        timeline = read_timeline(folder / resume.TIMELINE_FILE)
+        found = summary.summarize_search(results, config, folder, timeline, time.perf_counter() - began)
+        summary.log_search_summary(step.run, found, config)
+        resume.write_search_file(folder, finished=True)
+        return step.run_id

@@ -10,18 +10,15 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from experiments import train_cae
-from experiments.data import FashionMNIST
 from experiments.errors import UserError
 from experiments.tracking.links import ui_path, version_markdown_link
+from experiments.tracking.queries import download_artifact, logged_model_uri
 from experiments.tracking.step_run import StepRun
-from fmae_models import CAE, CAEConfig
 from tune import pareto, search_plots
 from tune.child_runs import stopped_early, tag_trial_runs
 from tune.ray_compat import optuna_storage
 from tune.space import SEARCHED, used_params
 from tune.timeline import timeline_metrics
-from tune.trainable import load_checkpoint
 
 ABOUT = (
     "The encoder of fmae's convolutional autoencoder, the best of a `fmae tune` search. Input: float tensor "
@@ -41,8 +38,7 @@ class SearchSummary:
     best_name: str
     best_config: dict  # the hyperparameters it used
     best_val: float
-    best_test: float  # its best checkpoint on the test set (not a retrain)
-    model: CAE
+    best_test: float  # its logged model on the test set (not a retrain)
     front: pd.DataFrame  # pareto.size_quality_front
     importances: dict[str, float]
     importance_trials: int  # finished trials the importances rest on
@@ -106,24 +102,22 @@ def param_importances(study_name: str, study_file: Path) -> tuple[dict[str, floa
         return {}, finished
 
 
-def best_checkpoint(results, device) -> tuple[object, CAE]:
-    best = results.get_best_result(metric="val_loss", mode="min", scope="all")
-    state = load_checkpoint(best.get_best_checkpoint(metric="val_loss", mode="min"))
-    model = CAE(CAEConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    return best, model.to(device)
-
-
-def summarize_search(
-    results, config, data: FashionMNIST, name: str, folder: Path, timeline: dict, search_seconds: float
-) -> SearchSummary:
-    table, curves = summarize_trials(results, config.max_epochs, timeline)
-    if (table["status"] == "failed").all():
+def best_trial(table: pd.DataFrame) -> pd.Series:
+    """The trial that ran to the end with the lowest final val_loss: the model it logged is the one
+    registered, and its test_loss (computed on that model) is the search's best_test_loss."""
+    finished = table[(table["status"] == "finished") & table["mlflow_run_id"].notna()]
+    if finished.empty:
         raise UserError(
-            f"all {len(table)} trials failed; the first error was: {results.errors[0]}. "
-            "Run with FMAE_DEBUG=1 and look at the trial logs under storage_path."
+            f"none of the {len(table)} trials ran to the end ({dict(table['status'].value_counts())}), so there is "
+            "no encoder to register. Give trials more room (grace_period, max_epochs) or look at the failures "
+            "with FMAE_DEBUG=1 and the trial logs under storage_path."
         )
-    best, model = best_checkpoint(results, config.torch_device)
+    return finished.loc[finished["last_val_loss"].idxmin()]
+
+
+def summarize_search(results, config, folder: Path, timeline: dict, search_seconds: float) -> SearchSummary:
+    table, curves = summarize_trials(results, config.max_epochs, timeline)
+    best = best_trial(table)
     finished = table[table["status"] == "finished"].dropna(subset=["test_loss"])
     front = pareto.size_quality_front(
         [
@@ -131,25 +125,25 @@ def summarize_search(
             for r in finished.itertuples()
         ]
     )
-    importances, importance_trials = param_importances(name, folder / "optuna.db")
+    importances, importance_trials = param_importances(folder.name, folder / "optuna.db")
     counts = table["status"].value_counts()
     metrics = {
-        "best_val_loss": float(table["best_val_loss"].min()),
-        "best_test_loss": train_cae.test_loss(model, data.test.to(config.torch_device)),
+        "best_val_loss": float(best["last_val_loss"]),
+        "best_test_loss": float(best["test_loss"]),
         "trials_finished": int(counts.get("finished", 0)),
         "trials_pruned": int(counts.get("pruned", 0)),
         "trials_failed": int(counts.get("failed", 0)),
         **timeline_metrics(timeline, search_seconds),
     }
+    config_used = used_params({k: best[k] for k in SEARCHED if pd.notna(best[k])})
     return SearchSummary(
         table,
         curves,
-        best.metrics.get("mlflow_run_id", ""),
-        best.metrics.get("mlflow_run_name", ""),
-        used_params(best.config),
+        best["mlflow_run_id"],
+        best["trial"],
+        config_used,
         metrics["best_val_loss"],
         metrics["best_test_loss"],
-        model,
         front,
         importances,
         importance_trials,
@@ -159,9 +153,7 @@ def summarize_search(
 
 def search_description(summary: SearchSummary, experiment_id: str, register_as: str, version: str) -> str:
     counts, table = summary.table["status"].value_counts(), summary.table
-    best = (
-        f"[{summary.best_name}]({ui_path(experiment_id, summary.best_run_id)})" if summary.best_run_id else "its trial"
-    )
+    best = f"[{summary.best_name}]({ui_path(experiment_id, summary.best_run_id)})"
     small = pareto.smallest_within(summary.front)
     front = (
         f" The smallest encoder within 5% of the best test loss: {small.trial} ({small.encoder_params:,} "
@@ -186,7 +178,7 @@ def log_tables(parent: StepRun, summary: SearchSummary) -> None:
             parent.log_artifact(Path(tmp, name))
 
 
-def log_search_summary(parent: StepRun, summary: SearchSummary, config, data: FashionMNIST) -> None:
+def log_search_summary(parent: StepRun, summary: SearchSummary, config) -> None:
     """Everything the parent run holds after the search; the best encoder registered, and linked
     from its trial."""
     parent.log_params({f"best_{k}": v for k, v in summary.best_config.items()})
@@ -206,17 +198,19 @@ def log_search_summary(parent: StepRun, summary: SearchSummary, config, data: Fa
     )
     log_tables(parent, summary)
     tag_trial_runs(summary.front.loc[summary.front["on_front"], "mlflow_run_id"], {"fmae.pareto": "true"})
-    info = train_cae.log_autoencoder(parent, summary.model, data.test.to(config.torch_device), config.seed)
+    with tempfile.TemporaryDirectory() as tmp:  # the best trial's own figure, shown on the search's page too
+        figure = download_artifact(summary.best_run_id, "reconstructions.png", tmp)
+        if figure is not None:
+            parent.log_artifact(figure)
     version, _ = parent.register(
-        info.model_uri,
+        logged_model_uri(summary.best_run_id, "encoder"),
         config.register_as,
         ("test_loss", summary.best_test),
         higher_is_better=False,
         about=ABOUT,
         tags={"val_loss": summary.best_val, "fmae.trial_run_id": summary.best_run_id, **summary.best_config},
     )
-    if summary.best_run_id:
-        link_trial_to_version(summary.best_run_id, config.register_as, str(version.version))
+    link_trial_to_version(summary.best_run_id, config.register_as, str(version.version))
     parent.describe(search_description(summary, parent.experiment_id, config.register_as, str(version.version)))
     counts = summary.table["status"].value_counts()
     print(

@@ -8,7 +8,6 @@ the trial.
 
 import dataclasses
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from experiments.tracking.server import TrackingUnavailable, lost_tracking, use_
 from experiments.tracking.step_run import StepRun
 from experiments.training import Diverged, seed_everything
 from tune.child_runs import open_trial_run
+from tune.cluster import cpus_to_use
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -38,6 +38,7 @@ class TrialSetup:
     experiment_id: str
     parent_run_id: str
     tags: dict = dataclasses.field(default_factory=dict)  # the parent's user and source tags, which trial runs share
+    cpus_per_trial: float = 1.0  # what Ray reserves for each trial: its threads, unless cores lie idle
 
 
 def save_checkpoint(folder: str, state: dict) -> tune.Checkpoint:
@@ -64,13 +65,12 @@ _prepared: dict[tuple, FashionMNIST] = {}
 
 
 def prepare_process(data: PackedFashionMNIST, setup: TrialSetup, device: torch.device) -> FashionMNIST:
-    """Once per process and search: quiet loggers, threads, the tracking store, the data on the device."""
+    """Once per process and search: quiet loggers, the tracking store, the data on the device."""
     key = (setup.parent_run_id, setup.tracking_uri, str(device))
     if key not in _prepared:
         sys.unraisablehook = ignore_exits_in_callbacks
         logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         use_store(setup.tracking_uri, setup.experiment_id)  # logged models live in the run's experiment
         _prepared.clear()
         _prepared[key] = data.unpack(device)
@@ -96,6 +96,7 @@ def run_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None
     entered_at = time.time()
     cae_config = dataclasses.replace(setup.base, **config)
     data = prepare_process(data, setup, cae_config.torch_device)
+    torch.set_num_threads(cpus_to_use(setup.cpus_per_trial))
     seed_everything(cae_config.seed)
     training = train_cae.build_autoencoder(cae_config)
     checkpoint = tune.get_checkpoint()
@@ -112,11 +113,13 @@ def run_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch not in logged:
             run.log_epoch(epoch, metrics)
+        if cae_config.torch_device.type == "cpu":  # the next epoch takes the cores other trials left
+            torch.set_num_threads(cpus_to_use(setup.cpus_per_trial))
         if epoch == cae_config.epochs:  # before the last report: the scheduler ends the trial there
             started = time.time()
             metrics = {**metrics, "test_loss": train_cae.test_loss(training.model, data.test)}
             run.log_metrics({"test_loss": metrics["test_loss"]})
-            train_cae.log_autoencoder(run, training.model, data.test, cae_config.seed, whole=False)
+            train_cae.log_autoencoder(run, training.model, data.test, cae_config.seed)
             timing["artifacts_seconds"] = time.time() - started
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = save_checkpoint(folder, {**training.state_dict(epoch), "run_id": run.run_id})

@@ -48,7 +48,8 @@ def write_recipe(folder: str, model: nn.Module, kind: str, config: dict[str, Any
 def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], run_id: str | None = None):
     """Log model as an MLflow pytorch model (pt2: safe to load, callable on any batch) plus the
     recipe and state dict that rebuild it as a trainable fmae module (see load_module)."""
-    model = model.to("cpu").eval()
+    # contiguous weights: torch.export's archive does not recognise channels-last ones (fit's, on the CPU)
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     flush_denormals_(model)  # whoever loads it computes at full speed
     x = example_images()
     with torch.no_grad():

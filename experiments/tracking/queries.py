@@ -3,6 +3,7 @@ and the version a run registered."""
 
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -52,3 +53,15 @@ def registered_version(run_id: str, name: str) -> str | None:
     versions = MlflowClient().search_model_versions(f"name = '{name}'", max_results=10_000)
     mine = [v for v in versions if v.tags.get("fmae.run_id") == run_id]
     return f"models:/{name}/{max(int(v.version) for v in mine)}" if mine else None
+
+
+def logged_model_uri(run_id: str, name: str) -> str:
+    """models:/m-... of the model `name` that run_id logged: what runs:/RUN/NAME resolves to, without
+    MLflow 3's warning that a run's artifacts no longer hold its models."""
+    experiment_id = get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        output_format="list",
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+    )
+    return f"models:/{models[-1].model_id}" if models else f"runs:/{run_id}/{name}"
