@@ -22,7 +22,7 @@ echo "gpu tests: exit ${PIPESTATUS[0]}" | tee -a "$out/tests.log"
 
 # 2. speed: seed-style vs fmae's training path, and the search (small, one pending, defaults)
 timeout "${BENCH_TIMEOUT:-330}" python3 -m benchmarks.performance --device cuda \
-  --search "${SEARCHES:-small,small-one-pending,default}" --tune_args "--gpus_per_trial 0.0625" \
-  --json "$out/bench.json" 2>&1 | grep -v "^\s*$" | tail -80 > "$out/bench.log"
+  --search "${SEARCHES:-peer,default}" --tune_args "--gpus_per_trial 0.0625" \
+  --json "$out/bench.json" --figure "$out/time_to_quality.png" 2>&1 | grep -v "^\s*$" | tail -80 > "$out/bench.log"
 echo "benchmark: exit ${PIPESTATUS[0]}" | tee -a "$out/bench.log"
 tail -25 "$out/bench.log"

@@ -1,0 +1,101 @@
+"""Training throughput, side by side in one process: the seed's DataLoader loop, fmae's loop as
+it was (contiguous weights, foreach optimiser), fmae's loop now (channels-last weights, fused
+optimiser), and bf16 autocast for reference. Images per second of one Adam epoch."""
+
+import gzip
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from experiments.data import FILES, find_data_dir, load_fashion_mnist
+from experiments.training import epoch_generator, make_optimizer, train_epoch
+from fmae_models import CAE, CAEConfig
+
+BEFORE = "fp32, contiguous, foreach Adam (fmae before)"
+VARIANTS = {  # name -> (channels-last weights, fused optimiser, bf16 autocast)
+    BEFORE: (False, False, False),
+    "fp32, channels-last, fused Adam (fmae now, CPU)": (True, True, False),
+    "bf16 autocast, channels-last, fused Adam": (True, True, True),
+}
+SEED = "seed-style DataLoader (torchvision)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_and_optimizer(c: int, device: torch.device, channels_last: bool, fused: bool):
+    torch.manual_seed(0)
+    model = CAE(CAEConfig(n_channels=c, encoded_space_dim=14)).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if fused:
+        return model, make_optimizer("adam", model.parameters(), 1e-3, 1e-5)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, foreach=True)
+
+
+def fmae_epoch(data, c: int, device: torch.device, channels_last: bool, fused: bool, bf16: bool) -> float:
+    """Images per second of one epoch of fmae's loop (experiments.training.train_epoch), after a warm-up."""
+    model, optimizer = model_and_optimizer(c, device, channels_last, fused)
+
+    def loss(model, images, labels):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return F.mse_loss(model(images).float(), images)
+
+    warm = type(data)(data.inputs[:2048], data.labels[:2048])
+    train_epoch(model, loss, optimizer, warm, 256, epoch_generator(0, 0))  # allocator, oneDNN/cuDNN choices
+    sync(device)
+    started = time.perf_counter()
+    train_epoch(model, loss, optimizer, data, 256, epoch_generator(0, 1))
+    sync(device)
+    return len(data) / (time.perf_counter() - started)
+
+
+def seed_style_epoch(c: int, device: torch.device, n_images: int) -> float:
+    """The notebook's loop: torchvision's dataset decoded image by image through a DataLoader."""
+    from torchvision import datasets, transforms
+
+    with tempfile.TemporaryDirectory() as root:
+        raw = Path(root, "FashionMNIST", "raw")
+        raw.mkdir(parents=True)
+        for name in FILES.values():
+            (raw / name.removesuffix(".gz")).write_bytes(gzip.decompress((find_data_dir() / name).read_bytes()))
+        dataset = datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n_images)), 256, shuffle=True)
+        model, optimizer = model_and_optimizer(c, device, False, False)
+        sync(device)
+        started = time.perf_counter()
+        for images, _ in loader:
+            images = images.to(device)
+            loss = F.mse_loss(model(images), images)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the notebook logs each batch's loss
+        sync(device)
+    return n_images / (time.perf_counter() - started)
+
+
+def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 5) -> list[dict]:
+    """Each variant at each width, interleaved `repeats` times: rows with the median images/s and
+    the median of the ratios to fmae's loop as it was, each taken within one repeat (this
+    machine's speed drifts between minutes more than between neighbouring epochs)."""
+    data = load_fashion_mnist(train_subset=n_images).train.to(device)
+    rows = []
+    for c in widths:
+        runs = {name: [] for name in (SEED, *VARIANTS)}
+        for _ in range(repeats):
+            runs[SEED].append(seed_style_epoch(c, device, n_images))
+            for name, (channels_last, fused, bf16) in VARIANTS.items():
+                runs[name].append(fmae_epoch(data, c, device, channels_last, fused, bf16))
+        for name, speeds in runs.items():
+            ratios = [speed / before for speed, before in zip(speeds, runs[BEFORE])]
+            rows.append(
+                {"c": c, "path": name, "images_per_s": statistics.median(speeds), "ratio": statistics.median(ratios)}
+            )
+    return rows
