@@ -27,7 +27,7 @@ from experiments.tracking.models import log_module
 from experiments.tracking.registry import register_model
 from experiments.training import accuracy, fit
 from fmae_models import CAEConfig, Classifier, Encoder
-from tests.helpers import free_port, subprocess_env
+from tests.helpers import ROOT, free_port, subprocess_env
 
 NAME, N_TEST = "fmae-classifier", 500
 URI = f"models:/{NAME}@champion"
@@ -248,3 +248,17 @@ def test_pytorch_flavour_unchanged_and_pyfunc_answers(registered):
     assert info.signature.outputs.to_dict() == serving.OUTPUT_SCHEMA.to_dict()  # the model page's
     assert info.signature.inputs.inputs[0].shape == (-1, 1, 28, 28)
     assert not [m for m in registered["logging_warnings"] if "serving input" in m]  # Model.log's own check passed
+
+
+def test_the_readme_serving_example_gets_answers(registered, server):
+    """The README's request (`python -m experiments.request_body 3`, posted with curl) as a user sends it."""
+    from experiments.request_body import request_body
+
+    readme = (ROOT / "README.md").read_text()
+    assert "mlflow models serve -m models:/fmae-classifier@champion" in readme
+    assert "python -m experiments.request_body 3 > request.json" in readme
+    status, body = post(server, request_body(3).encode())
+    assert status == 200 and [a["class_name"] for a in body["predictions"]] == [
+        CLASS_NAMES[a["class_index"]] for a in body["predictions"]
+    ]
+    assert len(body["predictions"]) == 3
