@@ -7,10 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+log=$(mktemp -t fmae-setup.XXXXXX.log)  # apt's and pip's full output: named if something fails
 updated=""
+run_logged() {
+  "$@" >>"$log" 2>&1 || { echo "scripts/setup.sh: '$*' failed; its output is in $log" >&2; tail -20 "$log" >&2; exit 1; }
+}
 apt_install() {
-  [ -n "$updated" ] || { $sudo apt-get update -q; updated=1; }
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+  [ -n "$updated" ] || { run_logged $sudo apt-get update -q; updated=1; }
+  run_logged env DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
 }
 
 data=/usr/share/datasets/fashion-mnist
@@ -37,7 +41,8 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 echo "Installing fmae and its pinned dependencies into .venv (a few minutes the first time) ..."
-# pip's warnings about this machine's local package mirrors are noise; errors still fail the script.
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+# its output goes to the log, which a failure names
+run_logged .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/fmae --help >/dev/null
+rm -f "$log"
 echo "fmae is set up: . .venv/bin/activate"
