@@ -62,9 +62,9 @@ def test_trials_are_named_short_and_distinct_and_each_holds_an_artifact(study):
     assert len(set(names)) == len(names)
     for child in study.trials:
         p = child.data.params
-        stopped = r" \(stopped at epoch \d+\)" if child.data.tags.get("fmae.pruned") == "true" else ""
+        stopped = "stopped-" if child.data.tags.get("fmae.pruned") == "true" else ""
         assert re.fullmatch(
-            rf"t\d\d-c{p['n_channels']}-d{p['encoded_space_dim']}-{p['optimizer']}(-bn)?{stopped}", child.info.run_name
+            rf"t\d\d-{stopped}c{p['n_channels']}-d{p['encoded_space_dim']}-{p['optimizer']}(-bn)?", child.info.run_name
         ), child.info.run_name
         assert "trial_config.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
     best = [c for c in study.trials if c.data.tags.get("fmae.best_trial") == "true"]

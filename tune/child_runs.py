@@ -72,6 +72,11 @@ def open_trial_run(setup, config: dict) -> str:
     return run.info.run_id
 
 
+def stopped_name(name: str) -> str:
+    number, _, architecture = name.partition("-")
+    return f"{number}-stopped-{architecture}" if architecture else f"{name}-stopped"
+
+
 def stopped_early(result: dict | None, max_epochs: int) -> bool:
     """Whether a trial that ended without error was stopped by the scheduler: its last report
     (each trial reports `epoch`) came before max_epochs."""
@@ -101,7 +106,7 @@ def outcome_note(name: str, result: dict, max_epochs: int) -> str:
 
 class ChildRunStatus(Callback):
     """FINISHED for trials that ran max_epochs and for trials the scheduler stopped (those tagged
-    fmae.pruned=true and fmae.stopped_at_epoch, named `... (stopped at epoch N)` and saying so in
+    fmae.pruned=true and fmae.stopped_at_epoch, named `tNN-stopped-...` and saying so in
     their description: stopping early is the search working, and MLflow's red cross for KILLED
     reads as a failure), FAILED for trials that broke. Trials tell us their run id in results."""
 
@@ -132,7 +137,8 @@ class ChildRunStatus(Callback):
                 {
                     PRUNED_TAG: "true",
                     "fmae.stopped_at_epoch": str(result["epoch"]),
-                    MLFLOW_RUN_NAME: f"{name} (stopped at epoch {result['epoch']})",
+                    # marked where the UI's narrow name column still shows it: t03-stopped-c8-d6-adam-bn
+                    MLFLOW_RUN_NAME: stopped_name(name),
                 }
             )
         self.mark(run_id, RunStatus.FINISHED, tags)

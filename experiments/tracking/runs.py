@@ -30,7 +30,7 @@ fine-tuned into a classifier, a VAE beside it, and both latent spaces compared.
 
 - Runs named **main** hold a whole study: its headline metrics, a description linking each step, and report.html.
 - **tune** runs are searches; each trial is a child run: expand the `main` and `tune` rows (in the chart view
-  too) to see the trials and their `val_loss` curves. Trials tagged `fmae.pruned=true` (and named `…-stopped`)
+  too) to see the trials and their `val_loss` curves. Trials named `tNN-stopped-…` (tag `fmae.pruned=true`)
   were stopped early by the scheduler: the search working, not a failure. The best one is tagged `fmae.best_trial`.
 - Metric names mean one thing: `train_loss`/`val_loss` are the CAE's per-pixel MSE, `train_elbo`/`val_elbo` the
   VAE's nats per image, `train_nll`/`val_accuracy` the classifier's; `system/*` is CPU, memory and GPU use.
