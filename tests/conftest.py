@@ -2,6 +2,7 @@
 one small study (`main` through `mlflow run`, as users run it) that every module reading a
 whole study's results shares, across pytest-xdist's workers."""
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -23,16 +24,24 @@ def small_data():
     return load_fashion_mnist(train_subset=2000, seed=0)
 
 
+@contextlib.contextmanager
+def restored_mlflow_state():
+    """os.environ and MLflow's active experiment, as they were: `mlflow.set_experiment` exports
+    MLFLOW_EXPERIMENT_ID for subprocesses, and a stale id leaked into a later test's `mlflow run`
+    or search fails it far from the cause (a module fixture that ran a step in-process did)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        mlflow.tracking.fluent._active_experiment_id = None
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_mlflow_state():
-    """Each test leaves os.environ and MLflow's active experiment as it found them:
-    `mlflow.set_experiment` exports MLFLOW_EXPERIMENT_ID for subprocesses, and a stale id leaked
-    into the next test's `mlflow run` (or its own store) fails it far from the cause."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-    mlflow.tracking.fluent._active_experiment_id = None
+    with restored_mlflow_state():
+        yield
 
 
 def use_store(mp: pytest.MonkeyPatch, uri: str) -> None:
@@ -61,11 +70,12 @@ def tracking(tmp_path, monkeypatch):
 def module_store(tmp_path_factory, request):
     """A fresh sqlite tracking store shared by one test module; yields the module's scratch folder."""
     tmp = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    mp = pytest.MonkeyPatch()
-    use_store(mp, f"sqlite:///{tmp / 'mlflow.db'}")
-    yield tmp
-    mp.undo()
-    mlflow.set_tracking_uri(None)
+    with restored_mlflow_state():
+        mp = pytest.MonkeyPatch()
+        use_store(mp, f"sqlite:///{tmp / 'mlflow.db'}")
+        yield tmp
+        mp.undo()
+        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +129,9 @@ def study_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def study(study_folder) -> Study:
     """The shared study's runs by role, its store this module's tracking store (read it only)."""
-    mp = pytest.MonkeyPatch()
-    use_store(mp, f"sqlite:///{study_folder / 'mlflow.db'}")
-    yield read_study(study_folder)
-    mp.undo()
-    mlflow.set_tracking_uri(None)
+    with restored_mlflow_state():
+        mp = pytest.MonkeyPatch()
+        use_store(mp, f"sqlite:///{study_folder / 'mlflow.db'}")
+        yield read_study(study_folder)
+        mp.undo()
+        mlflow.set_tracking_uri(None)

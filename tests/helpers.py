@@ -17,11 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """This process's environment as a user's shell has it: without the experiment or run that
+    MLflow exports when a test ran a step in-process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this venv's
     env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     env.update(extra)
     return env
+
+
+def flags(**values) -> list[str]:
+    """`--name value` command-line flags, in the order given."""
+    return [item for name, value in values.items() for item in (f"--{name}", str(value))]
+
+
+def mlflow_run_command(entry_point: str, params: dict, experiment: str | None = "fmae-test") -> list[str]:
+    """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it."""
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local"]
+    cmd += ["--experiment-name", experiment] if experiment else []
+    return cmd + [item for key, value in params.items() for item in ("-P", f"{key}={value}")]
 
 
 def mlflow_run(
@@ -34,21 +48,7 @@ def mlflow_run(
     **env: str,
 ) -> subprocess.CompletedProcess:
     """`mlflow run . -e entry_point --env-manager local -P k=v ...`, as a user types it (env: more variables)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "run",
-        str(ROOT),
-        "-e",
-        entry_point,
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        experiment,
-    ]
-    for key, value in params.items():
-        cmd += ["-P", f"{key}={value}"]
+    cmd = mlflow_run_command(entry_point, params, experiment)
     result = subprocess.run(
         cmd, cwd=tmp_path, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
     )
@@ -169,3 +169,21 @@ def assert_each_epoch_once(run, epochs: list[int], client=None) -> None:
     for key in ("train_loss", "val_loss"):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == epochs, (run.info.run_name, key, steps)
+
+
+def searcher_on_study(searcher_class, study_file: Path, **options):
+    """A searcher over fmae's space from its start points, on a persistent Optuna study: what a
+    search, and the same search resumed, set up."""
+    from tune.ray_compat import optuna_storage
+    from tune.space import START_POINTS, define_space
+
+    return searcher_class(
+        space=define_space,
+        metric="val_loss",
+        mode="min",
+        seed=0,
+        study_name="s",
+        points_to_evaluate=START_POINTS,
+        storage=optuna_storage(str(study_file)),
+        **options,
+    )

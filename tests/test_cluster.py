@@ -21,6 +21,7 @@ from tests.helpers import (
     ROOT,
     assert_each_epoch_once,
     assert_png,
+    flags,
     fmae,
     free_port,
     start_mlflow_server,
@@ -29,19 +30,8 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-SMALL = ["--num_samples", "4", "--max_epochs", "3", "--grace_period", "3", "--train_subset", "2000"]
-RESUMED = [
-    "--num_samples",
-    "3",
-    "--max_epochs",
-    "2",
-    "--grace_period",
-    "2",
-    "--train_subset",
-    "2000",
-    "--max_concurrent",
-    "1",
-]
+SMALL = flags(num_samples=4, max_epochs=3, grace_period=3, train_subset=2000)
+RESUMED = flags(num_samples=3, max_epochs=2, grace_period=2, train_subset=2000, max_concurrent=1)
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, assert_each_epoch_once, subprocess_env
+from tests.helpers import assert_each_epoch_once, flags, mlflow_run_command, subprocess_env
 
 pytestmark = pytest.mark.slow
-SEARCH = [
-    "--num_samples",
-    "3",
-    "--max_epochs",
-    "2",
-    "--grace_period",
-    "2",
-    "--train_subset",
-    "2000",
-    "--max_concurrent",
-    "2",
-]
+SEARCH = flags(num_samples=3, max_epochs=2, grace_period=2, train_subset=2000, max_concurrent=2)
 
 
 def start(command: list[str], cwd: Path, **env: str) -> subprocess.Popen:
@@ -133,24 +122,7 @@ def test_sigterm_ends_a_step_killed_with_exit_143(tmp_path, tracking):
 
 def test_sigterm_to_the_mlflow_run_wrapper_reaches_the_step(tmp_path, tracking):
     """`mlflow run` has no SIGTERM handler and dies at once; its step must not run on unseen."""
-    proc = start(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            str(ROOT),
-            "-e",
-            "train_cae",
-            "--env-manager",
-            "local",
-            "-P",
-            "epochs=100",
-            "-P",
-            "train_subset=2000",
-        ],
-        tmp_path,
-    )
+    proc = start(mlflow_run_command("train_cae", {"epochs": 100, "train_subset": 2000}, experiment=None), tmp_path)
     wait_for_an_epoch(proc, trial=False)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
@@ -163,24 +135,7 @@ def test_sigterm_to_the_mlflow_run_wrapper_reaches_the_step(tmp_path, tracking):
 def test_ctrl_c_to_mlflow_run_and_its_step_leaves_the_run_killed(tmp_path, tracking):
     """Ctrl-C in a terminal reaches `mlflow run` and its step together. MLflow 3.17's wrapper then
     marks the run FAILED over the step's KILLED; fmae puts KILLED back once the wrapper is gone."""
-    proc = start(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "run",
-            str(ROOT),
-            "-e",
-            "train_cae",
-            "--env-manager",
-            "local",
-            "-P",
-            "epochs=100",
-            "-P",
-            "train_subset=2000",
-        ],
-        tmp_path,
-    )
+    proc = start(mlflow_run_command("train_cae", {"epochs": 100, "train_subset": 2000}, experiment=None), tmp_path)
     wait_for_an_epoch(proc, trial=False)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -12,7 +12,7 @@ from ray.tune.execution import experiment_state
 from ray.tune.experimental.output import get_air_verbosity
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.ray_compat import optuna_storage
+from tests.helpers import searcher_on_study
 from tune.space import START_POINTS, define_space
 
 
@@ -29,15 +29,7 @@ def test_optuna_search_enqueues_its_start_points_again_on_the_same_study(tmp_pat
     """-> PruningAwareOptunaSearch._setup_study (a resumed search ran its start points twice)."""
 
     def searcher():
-        return OptunaSearch(
-            space=define_space,
-            metric="val_loss",
-            mode="min",
-            seed=0,
-            study_name="s",
-            points_to_evaluate=START_POINTS,
-            storage=optuna_storage(str(tmp_path / "optuna.db")),
-        )
+        return searcher_on_study(OptunaSearch, tmp_path / "optuna.db")
 
     first = searcher()
     [first.suggest(f"t{i}") for i in range(len(START_POINTS))]

@@ -15,7 +15,7 @@ from ray import tune as ray_tune
 
 from experiments import train_cae
 from experiments.errors import UserError
-from tests.helpers import assert_png, metric_history
+from tests.helpers import assert_png, metric_history, searcher_on_study
 from tests.study import STUDY
 from tune import cluster, summary
 from tune import search as search_module
@@ -289,19 +289,9 @@ def test_searcher_tells_optuna_that_stopped_trials_were_pruned():
 def test_a_resumed_searcher_does_not_propose_its_start_points_again(tmp_path):
     """A resumed search rebuilds its searcher on the same persistent study: the start points it
     ran must not wait in the study a second time (they were proposed again, and run twice)."""
-    from tune.ray_compat import optuna_storage
 
     def searcher():
-        return PruningAwareOptunaSearch(
-            space=define_space,
-            metric="val_loss",
-            mode="min",
-            seed=0,
-            max_epochs=5,
-            points_to_evaluate=START_POINTS,
-            study_name="s",
-            storage=optuna_storage(str(tmp_path / "optuna.db")),
-        )
+        return searcher_on_study(PruningAwareOptunaSearch, tmp_path / "optuna.db", max_epochs=5)
 
     first = searcher()
     assert [first.suggest(f"t{i}") for i in range(2)] == START_POINTS

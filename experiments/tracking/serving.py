@@ -17,18 +17,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
 # FashionMNIST's classes in label order; a test holds this equal to experiments.data.CLASS_NAMES.
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+CLASS_NAMES = tuple("T-shirt/top|Trouser|Pullover|Dress|Coat|Sandal|Shirt|Sneaker|Bag|Ankle boot".split("|"))
 MODULE = "fmae_classifier_serving"  # its name inside a model: distinct from anything a server imports
 OUTPUT_SCHEMA = Schema(
     [ColSpec("long", "class_index"), ColSpec("string", "class_name"), ColSpec("double", "probability")]

@@ -87,13 +87,6 @@ class StepRun:
     def log_model(self, model: nn.Module, name: str, kind: str, config: dict[str, Any]):
         return log_module(model, name, kind, config, run_id=self.run_id)
 
-    def register(
-        self,
-        model_uri: str,
-        name: str,
-        score: tuple[str, float],
-        higher_is_better: bool,
-        tags: dict[str, Any] | None = None,
-        about: str = "",
-    ):
-        return register_model(model_uri, name, self.run_id, score, higher_is_better, tags, about)
+    def register(self, model_uri: str, name: str, score: tuple[str, float], **options):
+        """registry.register_model, made by this run (options: higher_is_better, tags, about)."""
+        return register_model(model_uri, name, self.run_id, score, **options)
