@@ -19,12 +19,16 @@ SEARCH = flags(num_samples=3, max_epochs=2, grace_period=2, train_subset=2000, m
 
 
 def start(command: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    """A process in a session of its own, as a terminal's foreground job is."""
+    """A process in a session of its own, as a terminal's foreground job is: with Ctrl-C's default
+    action too, which a suite started in the background (`bash .ci/run &`) would otherwise pass on
+    as ignored (a shell ignores SIGINT in its background jobs, and Python keeps an inherited
+    SIG_IGN)."""
     return subprocess.Popen(
         command,
         cwd=cwd,
         env=subprocess_env(**env),
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
