@@ -28,6 +28,16 @@ def fmt(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
+def param_text(value: str) -> str:
+    """A logged hyperparameter as shown: floats to four significant digits (lr 0.0054021425 ->
+    0.005402), anything else as logged."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if value.lstrip("-").isdigit() else fmt(number)
+
+
 def run_anchor(run, label: str = "") -> str:
     """A link that opens run in the MLflow UI's training view (absolute: the report is also read
     on its own, and MLflow's artifact viewer shows it in a frame of its own)."""
@@ -63,7 +73,9 @@ def search_html(run, folder: str) -> str:
     """The search's best trial (linked) and hyperparameters, and its size-quality front."""
     best = child_runs(run.info.run_id, "tags.`fmae.best_trial` = 'true'")
     params = {k.removeprefix("best_"): v for k, v in sorted(run.data.params.items()) if k.startswith("best_")}
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in params.items())
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(param_text(v))}</td></tr>" for k, v in params.items()
+    )
     part = (
         f"<p>Best trial: {run_anchor(best[0]) if best else 'not recorded'}, with these hyperparameters:</p>"
         f"<table>{rows}</table>"

@@ -78,8 +78,11 @@ def test_report_puts_results_first_and_links_every_run(study, tmp_path):
         assert f'<h2>{run.data.tags["fmae.step"]}</h2><p>Run <a href="{base}{run.info.run_id}?{ML}">' in html
     best = [t for t in study.trials if t.data.tags.get("fmae.best_trial") == "true"]
     assert len(best) == 1 and f'{base}{best[0].info.run_id}?{ML}">{best[0].info.run_name}</a>' in html
-    for key in ("encoded_space_dim", "n_channels", "optimizer", "lr", "batch_norm"):  # the best hyperparameters
+    for key in ("encoded_space_dim", "n_channels", "optimizer", "batch_norm"):  # the best hyperparameters
         assert f"<tr><td>{key}</td><td>{study.tune.data.params['best_' + key]}</td></tr>" in html
+    lr = re.search(r"<td>lr</td><td>([^<]+)</td>", html).group(1)  # a float param, rounded like the metrics
+    assert len(lr.split("e")[0].replace(".", "").lstrip("0")) <= 4
+    assert float(lr) == pytest.approx(float(study.tune.data.params["best_lr"]), rel=1e-3)
     assert "data:image/png;base64," in html and "size–quality front" in html
     tables = re.findall(r"<table>(.*?)</table>", html.split("<details>")[0])
     assert tables and not [t for t in tables if "system/" in t]  # system metrics only in the folded part

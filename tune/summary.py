@@ -215,7 +215,7 @@ def log_search_summary(parent: StepRun, summary: SearchSummary, config) -> None:
     counts = summary.table["status"].value_counts()
     print(
         f"best trial: val_loss {summary.best_val:.5f}  test_loss {summary.best_test:.5f}  "
-        + "  ".join(f"{k}={v}" for k, v in summary.best_config.items())
+        + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_config.items())
     )
     print(
         f"trials: {len(summary.table)} ({counts.get('finished', 0)} finished, {counts.get('pruned', 0)} stopped "
