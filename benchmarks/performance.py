@@ -131,7 +131,7 @@ def plot_time_to_quality(rows: dict[str, dict], path: str) -> None:
         f"Time to a good model: {PEER_BUDGET['trials']} trials x {PEER_BUDGET['epochs']} epochs, "
         f"{PEER_BUDGET['train_subset']:,} images"
     )
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small")  # below: curves start top left
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
