@@ -17,28 +17,6 @@ from tests.helpers import free_port, mlflow_run
 from tests.postgres import throwaway_postgres
 from tests.study import STUDY, Study, read_study
 
-# The longest files, longest first, with their seconds in a whole run on the 2-core machine
-# (2026-12-02): they go out first, so that no long file is left to the end on one worker.
-LONG_FILES = (
-    "test_cluster.py",  # 224
-    "test_server_restart.py",  # 207
-    "test_registry.py",  # 161
-    "test_load.py",  # 161
-    "test_tune.py",  # 152
-    "test_interrupts.py",  # 133
-    "test_auth.py",  # 117
-    "test_pipeline.py",  # 90, the shared study included
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """The long files first, each file's tests kept together and in order. pytest-xdist hands whole
-    files to its two workers in this order (`--no-loadscope-reorder`). Its own order (most tests
-    first) left the server restart and the load test (three tests, six minutes) to the end on one
-    worker while the other sat idle: the suite took 14.7 minutes for 11.7 of work per worker."""
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
 
 @pytest.fixture(scope="session")
 def small_data():
