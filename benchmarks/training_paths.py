@@ -12,15 +12,19 @@ import torch
 from torch.nn import functional as F
 
 from experiments.data import FILES, find_data_dir, load_fashion_mnist
-from experiments.training import epoch_generator, make_optimizer, train_epoch
+from experiments.training import EVAL_BATCH, epoch_generator, evaluate, make_optimizer, train_epoch
 from fmae_models import CAE, CAEConfig
 
 BEFORE = "fp32, contiguous, foreach Adam (fmae before)"
+NOW = "fp32, channels-last, fused Adam (fmae now, CPU)"
 VARIANTS = {  # name -> (channels-last weights, fused optimiser, bf16 autocast)
     BEFORE: (False, False, False),
-    "fp32, channels-last, fused Adam (fmae now, CPU)": (True, True, False),
+    NOW: (True, True, False),
     "bf16 autocast, channels-last, fused Adam": (True, True, True),
 }
+# The validation pass of an epoch, as it was (contiguous weights, 2048 images a batch) and as it
+# is on the CPU (channels-last, EVAL_BATCH): with it, a trial's epoch as a search meets it.
+VALIDATION = {BEFORE: (False, 2048), NOW: (True, EVAL_BATCH["cpu"])}
 SEED = "seed-style DataLoader (torchvision)"
 
 
@@ -56,6 +60,21 @@ def fmae_epoch(data, c: int, device: torch.device, channels_last: bool, fused: b
     return len(data) / (time.perf_counter() - started)
 
 
+def validation_seconds(val, c: int, device: torch.device, channels_last: bool, batch: int) -> float:
+    """Seconds of one validation pass (experiments.training.evaluate) over val, after a warm-up."""
+    model, _ = model_and_optimizer(c, device, channels_last, False)
+
+    def loss(model, images, labels):
+        return F.mse_loss(model(images), images)
+
+    evaluate(model, loss, type(val)(val.inputs[:2048], val.labels[:2048]), batch)
+    sync(device)
+    started = time.perf_counter()
+    evaluate(model, loss, val, batch)
+    sync(device)
+    return time.perf_counter() - started
+
+
 def seed_style_epoch(c: int, device: torch.device, n_images: int) -> float:
     """The notebook's loop: torchvision's dataset decoded image by image through a DataLoader."""
     from torchvision import datasets, transforms
@@ -81,20 +100,30 @@ def seed_style_epoch(c: int, device: torch.device, n_images: int) -> float:
     return n_images / (time.perf_counter() - started)
 
 
+def epoch_path(variant: str, n_val: int) -> str:
+    return f"epoch with validation on {n_val:,}: {'before' if variant == BEFORE else 'now'}"
+
+
 def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 5) -> list[dict]:
     """Each variant at each width, interleaved `repeats` times: rows with the median images/s and
     the median of the ratios to fmae's loop as it was, each taken within one repeat (this
     machine's speed drifts between minutes more than between neighbouring epochs)."""
-    data = load_fashion_mnist(train_subset=n_images).train.to(device)
+    splits = load_fashion_mnist(train_subset=n_images).to(device)
+    data, val = splits.train, splits.val
     rows = []
     for c in widths:
-        runs = {name: [] for name in (SEED, *VARIANTS)}
+        runs = {name: [] for name in (SEED, *VARIANTS, *(epoch_path(v, len(val)) for v in VALIDATION))}
         for _ in range(repeats):
             runs[SEED].append(seed_style_epoch(c, device, n_images))
             for name, (channels_last, fused, bf16) in VARIANTS.items():
                 runs[name].append(fmae_epoch(data, c, device, channels_last, fused, bf16))
+            for name, (channels_last, batch) in VALIDATION.items():  # the epoch: training, then validation
+                seconds = n_images / runs[name][-1] + validation_seconds(val, c, device, channels_last, batch)
+                runs[epoch_path(name, len(val))].append(n_images / seconds)
         for name, speeds in runs.items():
-            ratios = [speed / before for speed, before in zip(speeds, runs[BEFORE])]
+            # an epoch's row compares with the epoch as it was, a training row with training as it was
+            baseline = runs[epoch_path(BEFORE, len(val)) if name.startswith("epoch") else BEFORE]
+            ratios = [speed / before for speed, before in zip(speeds, baseline)]
             rows.append(
                 {"c": c, "path": name, "images_per_s": statistics.median(speeds), "ratio": statistics.median(ratios)}
             )

@@ -3,12 +3,14 @@ their own — concurrency, the conditional space, the searcher's honesty, lost a
 
 import dataclasses
 import re
+import time
 from pathlib import Path
 
 import mlflow
 import optuna
 import pandas as pd
 import pytest
+import ray
 import torch
 from mlflow.tracking import MlflowClient
 from ray import tune as ray_tune
@@ -407,6 +409,20 @@ def test_a_search_ray_gives_up_on_leaves_no_trial_running(tracking, tmp_path):
         ("tune", "FAILED"),
         ("tune-trial", "FAILED"),
     ]
+
+
+def test_the_search_s_ray_shuts_down_while_the_summary_is_made():
+    """release() (called once the trials are over) shuts the search's own Ray down in the
+    background, before the session ends; the session's end waits for it."""
+    with cluster.ray_session("") as session:
+        session.ready()
+        assert ray.is_initialized()
+        session.release()
+        deadline = time.monotonic() + 60
+        while ray.is_initialized() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not ray.is_initialized()
+    assert not ray.is_initialized()
 
 
 def test_no_logged_model_holds_a_system_metric(study):

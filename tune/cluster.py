@@ -5,6 +5,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import ray
 
@@ -48,12 +49,22 @@ def connect_ray(address: str) -> bool:
     return True
 
 
+@dataclass
+class RaySession:
+    """What `ray_session` yields: `ready()` waits for Ray (and raises what connecting raised);
+    `release()` starts shutting down a Ray this search started, in the background, once the
+    search needs it no more (its summary reads files, not Ray), and returns at once."""
+
+    ready: Callable[[], None]
+    release: Callable[[], None]
+
+
 @contextlib.contextmanager
-def ray_session(address: str) -> Iterator[Callable[[], None]]:
+def ray_session(address: str) -> Iterator[RaySession]:
     """Ray for the length of a search, started (or joined) in the background while the search
-    loads its data and opens its run; yields a function that waits for it (and raises what
-    connecting raised). One this search started is shut down after it, even by a second Ctrl-C
-    (which must not leave Ray's processes behind)."""
+    loads its data and opens its run. One this search started is shut down after it, even by a
+    second Ctrl-C (which must not leave Ray's processes behind), or from release() on, while
+    the search summarizes and registers what it found (1.4 s on the 2-core machine)."""
     outcome, connected, finished = {}, threading.Event(), threading.Event()
 
     def connect():
@@ -63,8 +74,11 @@ def ray_session(address: str) -> Iterator[Callable[[], None]]:
             outcome["error"] = exc
         connected.set()
         # Ray's own processes get the SIGKILL their parent thread's exit sends (PR_SET_PDEATHSIG
-        # follows the thread that forked them): the thread that started them waits for the end.
+        # follows the thread that forked them): the thread that started them waits for the end,
+        # and shuts Ray down itself.
         finished.wait()
+        if outcome.get("started"):
+            ray.shutdown()
 
     ray_compat.drop_note_of_init_off_main_thread()
     thread = threading.Thread(target=connect, name="fmae-ray-init", daemon=True)
@@ -76,13 +90,11 @@ def ray_session(address: str) -> Iterator[Callable[[], None]]:
             raise outcome["error"]
 
     try:
-        yield ready
+        yield RaySession(ready, finished.set)
     finally:
-        connected.wait()
-        if outcome.get("started"):
-            with interrupts.deferred():
-                ray.shutdown()
         finished.set()
+        with interrupts.deferred():
+            thread.join()
 
 
 def trial_concurrency(config) -> int:

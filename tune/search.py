@@ -205,17 +205,18 @@ def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
     interrupted = resume.find_interrupted_search(storage) if config.resume else None
     resume_run_id = interrupted and interrupted["parent_run_id"]
     with (
-        ray_session(config.ray_address) as ray_ready,  # Ray starts while the data loads and the run opens
+        ray_session(config.ray_address) as cluster,  # Ray starts while the data loads and the run opens
         ray_compat.quiet_console(config.verbose),
         open_step(STEP, config, data_on_device=False, resume_run_id=resume_run_id) as step,
     ):
-        ray_ready()
+        cluster.ready()
         folder = search_folder(step.run, storage, interrupted)
         tuner, status = prepare_tuner(config, step, folder, storage, callbacks)
         began = time.perf_counter()
         with closing_children(step.experiment_id, step.run_id):
             results = fit(tuner, config, storage)
             resume.check_outage(results, status, config, storage)
+        cluster.release()  # Ray shuts down while the summary is made
         drop_lost_trials(step.experiment_id, step.run_id, results)
         timeline = read_timeline(folder / resume.TIMELINE_FILE)
         found = summary.summarize_search(results, config, folder, timeline, time.perf_counter() - began)
