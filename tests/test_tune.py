@@ -411,7 +411,7 @@ def test_a_search_ray_gives_up_on_leaves_no_trial_running(tracking, tmp_path):
     ]
 
 
-def test_the_search_s_ray_shuts_down_while_the_summary_is_made():
+def test_ray_shuts_down_in_the_background_once_the_search_releases_it():
     """release() (called once the trials are over) shuts the search's own Ray down in the
     background, before the session ends; the session's end waits for it."""
     with cluster.ray_session("") as session:
