@@ -15,7 +15,10 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import assert_each_epoch_once, start_mlflow_server, stop_mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
-OUTAGE_SECONDS = 20
+OUTAGE_SECONDS = 5  # on top of the ~10 s that stopping and starting the server take
+# Epochs long and many enough that the server goes down (polled every 0.2 s) before the trial's
+# last ones: with 3 epochs on 2,000 images, all three were logged before the server stopped.
+MAX_EPOCHS = 6
 
 
 def start_search_and_stop_the_server(tmp_path, **env):
@@ -32,11 +35,11 @@ def start_search_and_stop_the_server(tmp_path, **env):
             "--num_samples",
             "1",
             "--max_epochs",
-            "3",
+            str(MAX_EPOCHS),
             "--grace_period",
-            "3",
+            str(MAX_EPOCHS),
             "--train_subset",
-            "2000",
+            "6000",
             "--storage_path",
             str(tmp_path / "ray"),
         ],
@@ -49,9 +52,10 @@ def start_search_and_stop_the_server(tmp_path, **env):
     client, deadline = MlflowClient(url), time.time() + 600
     while not client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0"):
         assert search.poll() is None and time.time() < deadline, search.communicate()[1][-3000:]
-        time.sleep(1)
+        time.sleep(0.2)
+    stopped_at = time.time()
     stop_mlflow_server(server)  # a restart: the trials are mid-training, the driver mid-search
-    return folder, url, client, search
+    return folder, url, client, search, stopped_at
 
 
 def assert_one_finished_trial_with_each_epoch_once(client):
@@ -61,17 +65,21 @@ def assert_one_finished_trial_with_each_epoch_once(client):
     assert parent.info.status == "FINISHED" and len(children) == 1
     for child in children:
         assert child.info.status == "FINISHED"
-        assert_each_epoch_once(child, [1, 2, 3], client)
+        assert_each_epoch_once(child, list(range(1, MAX_EPOCHS + 1)), client)
 
 
 def test_a_search_rides_out_a_tracking_server_restart(tmp_path):
-    folder, url, client, search = start_search_and_stop_the_server(tmp_path)
+    folder, url, client, search, stopped_at = start_search_and_stop_the_server(tmp_path)
     time.sleep(OUTAGE_SECONDS)
     server, _ = start_mlflow_server(folder, port=int(url.rsplit(":", 1)[1]))
+    back_at = time.time()
     try:
         _, err = search.communicate(timeout=900)
         assert search.returncode == 0, err[-3000:]
         assert_one_finished_trial_with_each_epoch_once(client)
+        (trial,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0")
+        logged = [m.timestamp / 1000 for m in client.get_metric_history(trial.info.run_id, "val_loss")]
+        assert any(stopped_at < t < back_at for t in logged), "no epoch fell in the outage: the test proved nothing"
     finally:
         stop_mlflow_server(server)
 
@@ -79,7 +87,7 @@ def test_a_search_rides_out_a_tracking_server_restart(tmp_path):
 def test_an_outage_longer_than_the_retries_fails_clearly_and_the_search_resumes(tmp_path):
     # MLflow's client retries cut from ~2 minutes to seconds, so a short outage outlasts them
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    folder, url, client, search = start_search_and_stop_the_server(tmp_path, **retries)
+    folder, url, client, search, _ = start_search_and_stop_the_server(tmp_path, **retries)
     _, err = search.communicate(timeout=600)  # the server stays down
     assert search.returncode == 2, err[-3000:]
     assert "trials failed because the MLflow tracking server" in err and "still does not answer" in err
