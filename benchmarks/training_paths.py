@@ -112,7 +112,8 @@ def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 
     data, val = splits.train, splits.val
     rows = []
     for c in widths:
-        runs = {name: [] for name in (SEED, *VARIANTS, *(epoch_path(v, len(val)) for v in VALIDATION))}
+        epochs = [epoch_path(v, len(val)) for v in VALIDATION]
+        runs = {name: [] for name in (SEED, *VARIANTS, *epochs)}
         for _ in range(repeats):
             runs[SEED].append(seed_style_epoch(c, device, n_images))
             for name, (channels_last, fused, bf16) in VARIANTS.items():
@@ -122,7 +123,7 @@ def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 
                 runs[epoch_path(name, len(val))].append(n_images / seconds)
         for name, speeds in runs.items():
             # an epoch's row compares with the epoch as it was, a training row with training as it was
-            baseline = runs[epoch_path(BEFORE, len(val)) if name.startswith("epoch") else BEFORE]
+            baseline = runs[epoch_path(BEFORE, len(val)) if name in epochs else BEFORE]
             ratios = [speed / before for speed, before in zip(speeds, baseline)]
             rows.append(
                 {"c": c, "path": name, "images_per_s": statistics.median(speeds), "ratio": statistics.median(ratios)}
