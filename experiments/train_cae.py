@@ -6,6 +6,7 @@ checkpoints to it.
 """
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -96,10 +97,16 @@ def build_autoencoder(config: Config) -> Training:
 
 
 def train_autoencoder(
-    config: Config, data: FashionMNIST, report: Report, training: Training | None = None, start_epoch: int = 1
+    config: Config,
+    data: FashionMNIST,
+    report: Report,
+    training: Training | None = None,
+    start_epoch: int = 1,
+    every_second: Callable[[], None] | None = None,
 ) -> CAE:
     """Train a CAE (a new one, or `training` from start_epoch on) for config.epochs on data,
-    calling report(epoch, metrics) with train_loss and val_loss after every epoch."""
+    calling report(epoch, metrics) with train_loss and val_loss after every epoch (and
+    every_second between batches: training.fit)."""
     training = training or build_autoencoder(config)
     fit(
         training.model,
@@ -113,6 +120,7 @@ def train_autoencoder(
         report=report,
         start_epoch=start_epoch,
         scheduler=training.scheduler,
+        every_second=every_second,
     )
     return training.model
 
@@ -121,15 +129,25 @@ def test_loss(model: CAE, test: Split) -> float:
     return evaluate(model, reconstruction_loss, test)
 
 
+def principal_components(codes: torch.Tensor, k: int = 2) -> torch.Tensor:
+    """codes (N, d) on their first k principal axes (N, k), as scikit-learn's PCA projects them,
+    each axis signed so that its largest loading is positive. In PyTorch: a trial that finishes
+    draws its latent_pca.png without importing scikit-learn (~1 s of a trial process's CPU)."""
+    centred = codes.detach().double().cpu()
+    centred = centred - centred.mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    axes = vh[:k]
+    axes = axes * torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
+    return (centred @ axes.T).float()
+
+
 def latent_figures(model: CAE, test: Split, seed: int, n_points: int = 2000) -> dict:
     """Cheap views of one CAE's latent space: test codes by PCA, and generated samples."""
-    from sklearn.decomposition import PCA  # ~1 s to import: a trial pays it only if it finishes
-
-    from experiments import plots  # matplotlib, likewise
+    from experiments import plots  # matplotlib: a trial pays its import only if it finishes
 
     subset = Split(test.inputs[:n_points], test.labels[:n_points])
     codes = predict(model.encoder, subset)
-    points = PCA(n_components=2, random_state=seed).fit_transform(codes.cpu().numpy())
+    points = principal_components(codes).numpy()
     samples = sample_fitted_gaussian(model.decoder, codes, plots.N_SAMPLES, torch.Generator().manual_seed(seed))
     return {
         "latent_pca.png": plots.plot_latent_2d(points, subset.labels.cpu().numpy(), "CAE latent space (test set, PCA)"),

@@ -102,10 +102,14 @@ def train_epoch(
     split: Split,
     batch_size: int,
     generator: torch.Generator,
+    every_second: Callable[[], None] | None = None,
 ) -> float:
-    """One pass over split; the mean loss per example."""
+    """One pass over split; the mean loss per example. every_second, if given, runs between
+    batches at most once a second, and after the last one (the validation pass that follows
+    runs with what it set: a trial's thread count follows the cores it may use)."""
     model.train()
     total, seen = torch.zeros((), device=split.inputs.device), 0
+    due = time.perf_counter() + 1.0
     for inputs, labels in iterate_batches(split, batch_size, generator):
         loss = loss_fn(model, inputs, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -113,6 +117,11 @@ def train_epoch(
         optimizer.step()
         total += loss.detach() * len(labels)  # stays on the device: no sync per batch
         seen += len(labels)
+        if every_second is not None and time.perf_counter() >= due:
+            every_second()
+            due = time.perf_counter() + 1.0
+    if every_second is not None:
+        every_second()
     return float(total) / max(seen, 1)
 
 
@@ -157,6 +166,7 @@ def fit(
     val_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     loss_name: str = "loss",
+    every_second: Callable[[], None] | None = None,
 ) -> None:
     """Train for epochs start_epoch..epochs, calling report(epoch, metrics) after each.
 
@@ -164,7 +174,7 @@ def fit(
     one name per kind of loss (the CAE's "loss" is MSE per pixel, the VAE's "elbo" nats per
     image, the classifier's "nll"), so MLflow's charts never mix units. A scheduler steps once
     per epoch (resuming, pass one already stepped start_epoch - 1 times). A loss that turns NaN
-    or infinite raises Diverged at once, before that epoch is reported.
+    or infinite raises Diverged at once, before that epoch is reported. every_second: train_epoch.
     """
     on_cuda = next(model.parameters()).is_cuda
     if on_cuda:
@@ -178,7 +188,9 @@ def fit(
         started = time.perf_counter()
         if not on_cuda:  # GPUs run denormals at full speed; counting them would sync every epoch
             flush_denormals_(model)
-        train_loss = train_epoch(model, loss_fn, optimizer, train, batch_size, epoch_generator(seed, epoch))
+        train_loss = train_epoch(
+            model, loss_fn, optimizer, train, batch_size, epoch_generator(seed, epoch), every_second
+        )
         if scheduler is not None:
             scheduler.step()
         metrics = {f"train_{loss_name}": train_loss, f"val_{loss_name}": evaluate(model, loss_fn, val)}

@@ -56,3 +56,13 @@ def test_ray_prints_what_quiet_console_silences():
     assert "RAY_AIR_NEW_OUTPUT" not in os.environ or os.environ["RAY_AIR_NEW_OUTPUT"] != "0"
     assert get_air_verbosity(0) is not None  # the new console is on by default
     assert "snapshotting has been triggered" in inspect.getsource(experiment_state)
+
+
+def test_tune_gives_every_trainable_a_runtime_environment():
+    """-> warm_workers_for_trials (Ray Tune's PL_DISABLE_FORK kept trials out of the workers Ray
+    starts with itself, which serve only actors without a runtime environment)."""
+    from ray.tune.execution import class_cache
+
+    source = inspect.getsource(class_cache)
+    assert '"PL_DISABLE_FORK": "1"' in source
+    assert "ray.remote(runtime_env=runtime_env)(trainable_cls)" in source

@@ -5,6 +5,7 @@ import contextlib
 import io
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -84,3 +85,17 @@ def test_a_diverging_training_exits_2_naming_its_hyperparameters(tracking, capsy
     assert run.info.status == "FAILED"
     assert run.data.tags["fmae.failure"] == "diverged" and run.data.tags["fmae.diverged_at_epoch"] == "1"
     assert "val_loss" not in run.data.metrics  # no NaN epoch in the charts
+
+
+def test_principal_components_are_scikit_learns_pca():
+    """A finished trial's latent_pca.png projects its codes as scikit-learn's PCA would, signs
+    included, without importing scikit-learn (train_cae.principal_components)."""
+    from sklearn.decomposition import PCA
+
+    from experiments.train_cae import principal_components
+
+    codes = torch.randn(500, 6, generator=torch.Generator().manual_seed(0)) @ torch.randn(
+        6, 6, generator=torch.Generator().manual_seed(1)
+    )
+    expected = PCA(n_components=2).fit_transform(codes.numpy())
+    assert np.allclose(principal_components(codes).numpy(), expected, atol=1e-4)

@@ -1,6 +1,8 @@
 """The shared training loop's guard against denormal weights, which x86 CPUs compute ~100x
 slower on the intra-op worker threads that torch.set_flush_denormal does not reach."""
 
+from types import SimpleNamespace
+
 import mlflow
 import pytest
 import torch
@@ -70,3 +72,33 @@ def test_a_loss_that_turns_nan_stops_training_at_once(small_data):
         )
     assert caught.value.epoch == 1 and "train_loss became nan" in caught.value.cause
     assert seen == []  # the diverged epoch is never reported
+
+
+def test_every_second_runs_between_batches_once_a_second_and_before_validation(small_data, monkeypatch):
+    """A trial takes the cores other trials leave from the next batch on (tune.trainable): an
+    epoch calls every_second between batches once a second has passed, and before validating."""
+    from experiments import training
+    from experiments.train_cae import reconstruction_loss
+    from fmae_models import CAE
+
+    clock = iter(range(10_000))  # each reading of fit's clock is 0.4 s after the one before
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: next(clock) * 0.4))
+    model = CAE(CAEConfig(n_channels=4, encoded_space_dim=4))
+    calls, batches = [], len(small_data.train) // 250
+    training.fit(
+        model,
+        reconstruction_loss,
+        training.make_optimizer("adam", model.parameters(), 1e-3),
+        small_data.train,
+        small_data.val,
+        1,
+        250,
+        0,
+        report=lambda epoch, metrics: calls.append("report"),
+        every_second=lambda: calls.append("tick"),
+    )
+    assert calls[-2:] == ["tick", "report"], calls  # one after the last batch, before validating
+    between = calls[:-2]
+    # a reading per batch, and one more after each call: at 0.4 s a reading, a call every
+    # third batch, not every batch
+    assert set(between) == {"tick"} and 1 <= len(between) <= batches // 2, calls

@@ -85,6 +85,10 @@ def test_trials_start_together_and_the_search_records_its_timeline(study, tmp_pa
     # The first two were both launched before any trial had trained an epoch: neither waited
     # for the other's start-up (with one pending trial, each waited for the one before).
     assert table["created_s"].nsmallest(2).max() < table["first_epoch_s"].min()
+    # ... and ran in processes Ray had started with itself, before the search began
+    # (tune.cluster.start_trials_in_rays_first_workers)
+    first_two = table.nsmallest(2, "created_s")
+    assert (first_two["process_started_s"] < 0).all(), first_two[["process_started_s", *columns]]
     metrics = parent.data.metrics
     assert metrics["peak_concurrent_trials"] == 2
     assert 0 < metrics["seconds_to_first_epoch"] < metrics["search_seconds"]

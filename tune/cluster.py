@@ -30,6 +30,9 @@ def connect_ray(address: str) -> bool:
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         **{k: os.environ[k] for k in CREDENTIALS if k in os.environ},
     }
+    options = {"runtime_env": {"env_vars": env_vars}} if address else {}
+    if not address:
+        start_trials_in_rays_first_workers(env_vars)
     try:
         # "local" starts a fresh Ray here even when a `ray start` cluster runs on this machine
         # (a bare ray.init() would silently join it).
@@ -38,7 +41,7 @@ def connect_ray(address: str) -> bool:
             include_dashboard=False,
             configure_logging=True,
             logging_level="warning",
-            runtime_env={"env_vars": env_vars},
+            **options,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(
@@ -47,6 +50,19 @@ def connect_ray(address: str) -> bool:
             "to run Ray on this machine."
         ) from None
     return True
+
+
+def start_trials_in_rays_first_workers(env_vars: dict[str, str]) -> None:
+    """For a Ray started here: the first trials start in processes that are already up.
+
+    Ray starts one worker process per CPU as it comes up, while the search loads its data and
+    opens its run, but gives an actor (a trial) one of them only when the actor's runtime
+    environment is empty. Ray Tune always sets one (ray_compat.warm_workers_for_trials drops it),
+    and so would a runtime environment passed to ray.init: env_vars travel instead as Ray's own
+    processes inherit them from this one.
+    """
+    os.environ.update(env_vars)
+    ray_compat.warm_workers_for_trials()
 
 
 @dataclass

@@ -77,6 +77,17 @@ def result_trial_id(result) -> str | None:
     return match.group(1) if match else None
 
 
+def warm_workers_for_trials() -> None:
+    """Ray Tune gives every trainable's actor a runtime environment of {"PL_DISABLE_FORK": "1"}
+    (tune/execution/class_cache.py DEFAULT_ENV_VARS, for PyTorch Lightning, which fmae does not
+    use). Ray then starts a new process for each trial instead of giving it one of the workers
+    it started with Ray (those serve only actors whose runtime environment is empty). Without
+    it, a trial starts in one of those (tune.cluster.start_trials_in_rays_first_workers)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
+
+
 class _NotMainThreadNote(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("SIGTERM handler is not set because current thread")

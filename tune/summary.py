@@ -24,7 +24,7 @@ ABOUT = (
     "The encoder of fmae's convolutional autoencoder, the best of a `fmae tune` search. Input: float tensor "
     "(N, 1, 28, 28) in [0, 1]; output: (N, encoded_space_dim) codes. `fmae finetune` starts from it."
 )
-TIMELINE_COLUMNS = ("created", "launched", "entered", "ready", "first_epoch", "last_epoch", "ended")
+TIMELINE_COLUMNS = ("process_started", "created", "launched", "entered", "ready", "first_epoch", "last_epoch", "ended")
 # PED-ANOVA contrasts the best 10% of finished trials with all of them: below 11 finished trials
 # that best 10% is a single trial, and the ranking describes that trial alone.
 MIN_TRIALS_FOR_IMPORTANCE = 11

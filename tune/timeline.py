@@ -15,8 +15,9 @@ class TrialTimeline(Callback):
     its actor is up (created -> launched: a process started, the trainable's module imported,
     or a finished trial's process reused); entered: the trainable's first line ran (launched
     -> entered: fetching the data from the object store); ready: data on the device, model built,
-    MLflow run open; first_epoch
-    and last_epoch: the reports of those epochs; ended: Ray saw the trial end.
+    MLflow run open; first_epoch and last_epoch: the reports of those epochs; ended: Ray saw the
+    trial end. process_started: when the trial's process began; before 0 when Ray had started it
+    before the search began (one of the processes Ray starts with itself).
 
     Kept in a JSON file beside the search's Optuna study, so a resumed search (whose
     callbacks Ray restores from its own saved state) goes on writing the same timeline.
@@ -47,6 +48,8 @@ class TrialTimeline(Callback):
         if "entered_at" in result and "entered" not in row:
             row["entered"] = result["entered_at"] - self.began
             row["ready"] = row["entered"] + result.get("setup_seconds", 0.0)
+            if "process_started_at" in result:
+                row["process_started"] = result["process_started_at"] - self.began
             row["first_epoch"] = self._now()
         row["last_epoch"] = self._now()
         row["epochs"] = result.get("epoch", 0)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 from ray import tune
 
@@ -92,6 +93,19 @@ def train_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> No
         raise
 
 
+def idle_cores_taker(setup: TrialSetup):
+    """What a CPU trial runs between batches: it takes the cores no trial holds (the search's last
+    trials, once the others have ended) from the next batch on. A process Ray reuses for the
+    next trial keeps its CPUs meanwhile, so cores show up free only once no trial needs them."""
+
+    def take_idle_cores() -> None:
+        threads = cpus_to_use(setup.cpus_per_trial)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+    return take_idle_cores
+
+
 def run_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None:
     entered_at = time.time()
     cae_config = dataclasses.replace(setup.base, **config)
@@ -109,12 +123,11 @@ def run_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None
     logged = run.logged_epochs("val_loss")
     # Where a trial's time goes, for the search's timeline (tune/timeline.py).
     timing = {"entered_at": entered_at, "setup_seconds": time.time() - entered_at, "mlflow_run_name": run.name}
+    timing["process_started_at"] = psutil.Process().create_time()
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch not in logged:
             run.log_epoch(epoch, metrics)
-        if cae_config.torch_device.type == "cpu":  # the next epoch takes the cores other trials left
-            torch.set_num_threads(cpus_to_use(setup.cpus_per_trial))
         if epoch == cae_config.epochs:  # before the last report: the scheduler ends the trial there
             started = time.time()
             metrics = {**metrics, "test_loss": train_cae.test_loss(training.model, data.test)}
@@ -125,8 +138,11 @@ def run_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None
             checkpoint = save_checkpoint(folder, {**training.state_dict(epoch), "run_id": run.run_id})
             tune.report({**metrics, **timing, "epoch": epoch, "mlflow_run_id": run.run_id}, checkpoint=checkpoint)
 
+    on_cpu = cae_config.torch_device.type == "cpu"
     try:
-        train_cae.train_autoencoder(cae_config, data, report, training, start_epoch)
+        train_cae.train_autoencoder(
+            cae_config, data, report, training, start_epoch, every_second=idle_cores_taker(setup) if on_cpu else None
+        )
     except Diverged as exc:
         # Retrying would diverge again: the trial ends here, and the driver marks its run
         # FAILED (child_runs.ChildRunStatus) and tells Optuna so (ray_compat).
