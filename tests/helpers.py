@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -148,6 +149,23 @@ def start_mlflow_server(
     with contextlib.suppress(ProcessLookupError):  # SIGKILL to `mlflow server` alone would orphan its uvicorn
         os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError((folder / "server.log").read_text()[-3000:])
+
+
+def start_auth_server(folder: Path, password: str, port: int = 0) -> tuple[subprocess.Popen, str]:
+    """The cluster recipe's server, as README.md runs it: MLflow's basic-auth app with
+    deploy/mlflow-auth.ini, `admin` with password, this host only. Its user store lives in folder,
+    so a restart on the same folder and port is the same server."""
+    return start_mlflow_server(
+        folder,
+        "--app-name",
+        "basic-auth",
+        "--allowed-hosts",
+        "127.0.0.1:{port}",
+        port=port,
+        MLFLOW_AUTH_CONFIG_PATH=str(ROOT / "deploy" / "mlflow-auth.ini"),
+        MLFLOW_AUTH_ADMIN_PASSWORD=password,
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+    )
 
 
 def stop_mlflow_server(proc: subprocess.Popen, timeout: float = 30) -> None:
