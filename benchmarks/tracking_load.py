@@ -144,11 +144,8 @@ def open_store(store: str, folder: Path):
             if store == "server-sqlite"
             else stack.enter_context(throwaway_postgres())
         )
-        # The recipe's server (MLflow's default workers), without its job runner: GenAI jobs fmae has
-        # none of, whose seven consumers poll for work and took half of this 2-core machine.
-        server, url = start_mlflow_server(
-            folder, store=backend, workers=None, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"
-        )
+        # The recipe's server: MLflow's default workers, without its job runner (start_mlflow_server's default)
+        server, url = start_mlflow_server(folder, store=backend, workers=None)
         stack.callback(stop_mlflow_server, server)
         yield url, folder / "server.log"
 

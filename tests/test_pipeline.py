@@ -7,15 +7,21 @@ import contextlib
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.errors import UserError
 from experiments.pipeline import Config
+from experiments.tracking.links import ui_path
 from experiments.tracking.queries import get_run
-from tests.helpers import start_mlflow_server, stop_mlflow_server
+from tests.helpers import free_port, start_mlflow_server, stop_mlflow_server, subprocess_env
 from tests.study import STUDY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -100,6 +106,34 @@ def test_main_rejects_a_parameter_no_step_takes():
 
 
 # --- what a person sees in the MLflow UI -------------------------------------------------------
+
+
+def test_fmae_ui_serves_the_study_without_mlflows_job_runner(study, tmp_path):
+    """`fmae ui` prints the link to the study's runs, serves it, and spares the machine MLflow's job
+    runner (GenAI jobs, none of them fmae's, whose polling consumers burn over half a core)."""
+    port, experiment = free_port(), MlflowClient().get_experiment(study.experiment_id).name
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=subprocess_env(
+            MLFLOW_TRACKING_URI=f"sqlite:///{study.folder / 'mlflow.db'}", MLFLOW_EXPERIMENT_NAME=experiment
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines = iter(proc.stdout.readline, "")
+        link = next((line.split("Open: ", 1)[1].strip() for line in lines if line.startswith("Open: ")), None)
+        assert link == f"http://127.0.0.1:{port}/{ui_path(study.experiment_id)}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as answer:
+            assert answer.status == 200
+        served = [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert served and not [c for c in served if "huey" in c or "_job_runner" in c], served
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in its terminal
+        proc.wait(60)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,11 @@ from experiments.tracking.links import TRAINING_VIEW, ui_path
 from experiments.tracking.runs import DEFAULT_EXPERIMENT
 from experiments.tracking.server import is_server, tracking_uri
 
+# MLflow's job runner runs GenAI jobs (scorers, evaluations, prompt optimisation), none of them
+# fmae's; its seven consumers poll for work and burn about 0.6 of a core while the UI is
+# open. Off unless the user's environment turns it on.
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def runs_url(base: str) -> str:
     """The study's runs (the experiment fmae writes to), else the list of experiments."""
@@ -60,7 +65,8 @@ def main(argv: list[str]) -> int:
             args.host,
             "--port",
             str(args.port),
-        ]
+        ],
+        env={**NO_JOB_RUNNER, **os.environ},
     )
     try:
         if not wait_until_up(base, proc):
