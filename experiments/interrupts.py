@@ -26,9 +26,15 @@ def _raise(signum, frame):
     raise Interrupted(signum)
 
 
+def interrupt_on(*signums: int) -> None:
+    """Each of signums interrupts this process as Ctrl-C does (raising Interrupted)."""
+    for signum in signums:
+        signal.signal(signum, _raise)
+
+
 def install() -> None:
     """SIGTERM (a timeout, kill, a job scheduler, `mlflow run` cancelling) interrupts as Ctrl-C does."""
-    signal.signal(signal.SIGTERM, _raise)
+    interrupt_on(signal.SIGTERM)
     if os.environ.get("MLFLOW_RUN_ID"):
         die_with_parent()
 

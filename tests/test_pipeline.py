@@ -108,9 +108,10 @@ def test_main_rejects_a_parameter_no_step_takes():
 # --- what a person sees in the MLflow UI -------------------------------------------------------
 
 
-def test_fmae_ui_serves_the_study_without_mlflows_job_runner(study, tmp_path):
-    """`fmae ui` prints the link to the study's runs, serves it, and spares the machine MLflow's job
-    runner (GenAI jobs, none of them fmae's, whose polling consumers burn over half a core)."""
+def test_fmae_ui_serves_the_study_without_mlflows_job_runner_and_stops_with_it(study, tmp_path):
+    """`fmae ui` prints the link to the study's runs and serves it, spares the machine MLflow's job
+    runner (GenAI jobs, none of them fmae's, whose polling consumers burn over half a core), and
+    stopped by kill (SIGTERM, to it alone) takes its server with it: none is left on the port."""
     port, experiment = free_port(), MlflowClient().get_experiment(study.experiment_id).name
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments", "ui", "--port", str(port)],
@@ -129,10 +130,16 @@ def test_fmae_ui_serves_the_study_without_mlflows_job_runner(study, tmp_path):
         assert link == f"http://127.0.0.1:{port}/{ui_path(study.experiment_id)}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as answer:
             assert answer.status == 200
-        served = [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True)]
-        assert served and not [c for c in served if "huey" in c or "_job_runner" in c], served
+        server = psutil.Process(proc.pid).children(recursive=True)
+        commands = [" ".join(p.cmdline()) for p in server]
+        assert commands and not [c for c in commands if "huey" in c or "_job_runner" in c], commands
+        proc.terminate()
+        assert proc.wait(60) == 143
+        _, alive = psutil.wait_procs(server, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in its terminal
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever a failure left behind
         proc.wait(60)
 
 

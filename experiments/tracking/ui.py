@@ -5,7 +5,9 @@ this prints lands on the experiment's runs in the Model-training view.
 """
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ import webbrowser
 
 from mlflow.tracking import MlflowClient
 
+from experiments.interrupts import interrupt_on
 from experiments.tracking.links import TRAINING_VIEW, ui_path
 from experiments.tracking.runs import DEFAULT_EXPERIMENT
 from experiments.tracking.server import is_server, tracking_uri
@@ -67,7 +70,10 @@ def main(argv: list[str]) -> int:
             str(args.port),
         ],
         env={**NO_JOB_RUNNER, **os.environ},
+        start_new_session=True,  # its own process group, with the uvicorn workers it starts: see stop()
     )
+    # kill, a service manager or a closed terminal stop it as Ctrl-C does, the server with it
+    interrupt_on(signal.SIGTERM, signal.SIGHUP)
     try:
         if not wait_until_up(base, proc):
             print(
@@ -79,9 +85,19 @@ def main(argv: list[str]) -> int:
         if args.open:
             webbrowser.open(url)
         return proc.wait()
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt as exc:
+        return getattr(exc, "exit_status", 0)  # Ctrl-C is how it is meant to stop
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """`mlflow ui` and every process it started (its uvicorn workers): all of its process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
