@@ -14,6 +14,8 @@ from pathlib import Path
 import mlflow
 import torch
 
+from experiments.tracking.ui import NO_JOB_RUNNER
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -101,12 +103,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# As the cluster recipe and `fmae ui` run MLflow's server: without its job runner (GenAI jobs fmae
-# has none of), whose seven consumers poll for work: about 0.6 of a core on an idle
-# server, and 6 CPU-s more to start.
-NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
 def start_mlflow_server(
     folder: Path,
     *args: str,
@@ -140,7 +136,7 @@ def start_mlflow_server(
             *(a.replace("{port}", str(port)) for a in args),
         ],
         cwd=folder,
-        env=subprocess_env(**{**NO_JOB_RUNNER, **env}),
+        env=subprocess_env(**{**NO_JOB_RUNNER, **env}),  # as the cluster recipe and `fmae ui` run it
         stdout=open(folder / "server.log", "a"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
