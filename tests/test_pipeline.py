@@ -108,10 +108,12 @@ def test_main_rejects_a_parameter_no_step_takes():
 # --- what a person sees in the MLflow UI -------------------------------------------------------
 
 
-def test_fmae_ui_serves_the_study_without_mlflows_job_runner_and_stops_with_it(study, tmp_path):
+@pytest.mark.parametrize("stop, status", [(signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)])
+def test_fmae_ui_serves_the_study_without_mlflows_job_runner_and_stops_with_it(study, tmp_path, stop, status):
     """`fmae ui` prints the link to the study's runs and serves it, spares the machine MLflow's job
     runner (GenAI jobs, none of them fmae's, whose polling consumers burn over half a core), and
-    stopped by kill (SIGTERM, to it alone) takes its server with it: none is left on the port."""
+    stopped by kill (SIGTERM, or even SIGKILL, to it alone) takes its server with it: none is left
+    on the port."""
     port, experiment = free_port(), MlflowClient().get_experiment(study.experiment_id).name
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments", "ui", "--port", str(port)],
@@ -124,22 +126,24 @@ def test_fmae_ui_serves_the_study_without_mlflows_job_runner_and_stops_with_it(s
         text=True,
         start_new_session=True,
     )
+    server = []
     try:
         lines = iter(proc.stdout.readline, "")
         link = next((line.split("Open: ", 1)[1].strip() for line in lines if line.startswith("Open: ")), None)
         assert link == f"http://127.0.0.1:{port}/{ui_path(study.experiment_id)}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as answer:
             assert answer.status == 200
-        server = psutil.Process(proc.pid).children(recursive=True)
+        server += psutil.Process(proc.pid).children(recursive=True)
         commands = [" ".join(p.cmdline()) for p in server]
         assert commands and not [c for c in commands if "huey" in c or "_job_runner" in c], commands
-        proc.terminate()
-        assert proc.wait(60) == 143
+        proc.send_signal(stop)
+        assert proc.wait(60) == status
         _, alive = psutil.wait_procs(server, timeout=30)
         assert not alive, [p.cmdline() for p in alive]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever a failure left behind
+    finally:  # whatever a failure left behind
+        for process in [psutil.Process(proc.pid), *server] if proc.poll() is None else server:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         proc.wait(60)
 
 

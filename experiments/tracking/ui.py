@@ -16,7 +16,7 @@ import webbrowser
 
 from mlflow.tracking import MlflowClient
 
-from experiments.interrupts import interrupt_on
+from experiments.interrupts import die_with_parent, interrupt_on
 from experiments.tracking.links import TRAINING_VIEW, ui_path
 from experiments.tracking.runs import DEFAULT_EXPERIMENT
 from experiments.tracking.server import is_server, tracking_uri
@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
         ],
         env={**NO_JOB_RUNNER, **os.environ},
         start_new_session=True,  # its own process group, with the uvicorn workers it starts: see stop()
+        preexec_fn=die_with_parent,  # a SIGTERM, which ends them all, should fmae ui be killed outright
     )
     # kill, a service manager or a closed terminal stop it as Ctrl-C does, the server with it
     interrupt_on(signal.SIGTERM, signal.SIGHUP)
