@@ -85,9 +85,24 @@ def test_setting_an_alias_is_a_read_then_an_insert():
     assert "session.merge(" in inspect.getsource(SqlAlchemyStore.set_registered_model_alias)
 
 
-def test_the_workarounds_keep_what_they_promise(tracking, caplog):
-    """And fmae's side: a run renamed, a model logged without system metrics, pyfunc on the CPU."""
+def test_stating_requirements_scans_every_installed_distribution(monkeypatch):
+    """-> mlflow_compat.requirements_of_this_interpreter."""
+    from mlflow.utils import environment, requirements_utils
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # as in a new process
+    environment._process_pip_requirements([], [f"mlflow=={mlflow.__version__}"])
+    assert requirements_utils._MODULES_TO_PACKAGES is not None  # the scan ran
+
+
+def test_the_workarounds_keep_what_they_promise(tracking, caplog, monkeypatch):
+    """And fmae's side: a run renamed, a model logged without system metrics, pyfunc on the CPU,
+    no scan of the installed packages (and the check is back once the model is logged)."""
+    from mlflow.utils import environment, requirements_utils
+
     from experiments.tracking.models import log_module
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    check = environment.warn_dependency_requirement_mismatches
 
     encoder = Encoder(CAEConfig(n_channels=4, encoded_space_dim=4))
     with caplog.at_level(logging.WARNING), mlflow.start_run() as run:
@@ -99,3 +114,5 @@ def test_the_workarounds_keep_what_they_promise(tracking, caplog):
     assert {m.key for m in mlflow.get_logged_model(info.model_id).metrics} == {"test_loss"}
     assert mlflow.models.get_model_info(info.model_uri).flavors["python_function"]["config"] == {"device": "cpu"}
     assert "Got error" not in caplog.text
+    assert requirements_utils._MODULES_TO_PACKAGES is None
+    assert environment.warn_dependency_requirement_mismatches is check

@@ -2,12 +2,15 @@
 around and where; tests/test_mlflow_compat.py holds a canary per entry that fails once MLflow
 fixes it, so an upgrade shows which of these to delete."""
 
+import contextlib
+import importlib
 import os
 import re
 import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 
 import mlflow
 from mlflow.entities import Metric
@@ -80,6 +83,29 @@ def save_cpu_pytorch_model(path: str, mlflow_model, **kwargs) -> None:
     if after_save is not None:
         after_save(path, mlflow_model)
     mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+# models/model.py Model.log checks the requirements a model states against the installed packages
+# (utils/environment.py _process_pip_requirements, and pyfunc.load_model in the serving check).
+# The first check in a process reads every installed distribution's file list
+# (requirements_utils._init_modules_to_packages_map): 1.2-2.7 CPU-seconds in each process that logs
+# a model, a search's trials included. log_module states the running interpreter's own versions,
+# which cannot mismatch, so while it logs the check is skipped.
+REQUIREMENT_CHECKERS = ("mlflow.utils.environment", "mlflow.pyfunc")
+
+
+@contextlib.contextmanager
+def requirements_of_this_interpreter() -> Iterator[None]:
+    """Within: MLflow does not check stated requirements against the installed packages."""
+    modules = [importlib.import_module(name) for name in REQUIREMENT_CHECKERS]
+    checks = [module.warn_dependency_requirement_mismatches for module in modules]
+    for module in modules:
+        module.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        for module, check in zip(modules, checks):
+            module.warn_dependency_requirement_mismatches = check
 
 
 # mlflow.pytorch for Model.log, saving through save_cpu_pytorch_model; its name is the flavour's.

@@ -21,7 +21,12 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from experiments.errors import UserError
-from experiments.tracking.mlflow_compat import CPU_PYTORCH_FLAVOR, UNLINKED_STEP, link_results_to_model
+from experiments.tracking.mlflow_compat import (
+    CPU_PYTORCH_FLAVOR,
+    UNLINKED_STEP,
+    link_results_to_model,
+    requirements_of_this_interpreter,
+)
 from experiments.tracking.server import check_tracking_server, tracking_uri
 from experiments.tracking.serving import make_classifier_pyfunc
 from experiments.training import flush_denormals_
@@ -55,7 +60,7 @@ def log_module(model: nn.Module, name: str, kind: str, config: dict[str, Any], r
     with torch.no_grad():
         y = model(torch.from_numpy(x))
     outputs = y[0] if isinstance(y, tuple) else y  # the VAE's first output is its reconstruction
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, requirements_of_this_interpreter():
         info = mlflow.models.Model.log(
             artifact_path=None,
             flavor=CPU_PYTORCH_FLAVOR,
