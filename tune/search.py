@@ -213,6 +213,7 @@ def run(config: Config, callbacks: tuple[tune.Callback, ...] = ()) -> str:
         folder = search_folder(step.run, storage, interrupted)
         tuner, status = prepare_tuner(config, step, folder, storage, callbacks)
         began = time.perf_counter()
+        summary.import_in_background()
         with closing_children(step.experiment_id, step.run_id):
             results = fit(tuner, config, storage)
             resume.check_outage(results, status, config, storage)

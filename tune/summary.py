@@ -4,6 +4,7 @@ it to the parent run, registers the best encoder and describes the search."""
 
 import math
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,21 @@ def summarize_trials(results, max_epochs: int, timeline: dict | None = None) -> 
         if curve is not None:
             curves[row["trial"] or row["trial_id"]] = curve
     return pd.DataFrame(rows), curves
+
+
+def import_in_background() -> threading.Thread:
+    """Import what the summary draws and scores with (matplotlib; Optuna's importance module,
+    which imports scikit-learn): about 3 CPU-seconds, here while the driver waits on the trials.
+    After the last trial one core would import them alone, the other idle."""
+
+    def load() -> None:
+        import optuna.importance  # noqa: F401
+
+        import tune.search_plots  # noqa: F401
+
+    thread = threading.Thread(target=load, name="fmae-summary-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def param_importances(study_name: str, study_file: Path) -> tuple[dict[str, float], int]:
@@ -181,7 +197,7 @@ def log_tables(parent: StepRun, summary: SearchSummary) -> None:
 def log_search_summary(parent: StepRun, summary: SearchSummary, config) -> None:
     """Everything the parent run holds after the search; the best encoder registered, and linked
     from its trial."""
-    from tune import search_plots  # matplotlib: here, not on the search's start (0.3 s of the driver's)
+    from tune import search_plots  # matplotlib: not on the search's start (import_in_background)
 
     parent.log_params({f"best_{k}": v for k, v in summary.best_config.items()})
     parent.log_metrics(summary.metrics)
