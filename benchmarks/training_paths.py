@@ -12,19 +12,27 @@ import torch
 from torch.nn import functional as F
 
 from experiments.data import FILES, find_data_dir, load_fashion_mnist
-from experiments.training import EVAL_BATCH, epoch_generator, evaluate, make_optimizer, train_epoch
+from experiments.training import (
+    EVAL_BATCH,
+    epoch_generator,
+    evaluate,
+    make_optimizer,
+    train_epoch,
+    training_precision,
+)
 from fmae_models import CAE, CAEConfig
 
 BEFORE = "fp32, contiguous, foreach Adam (fmae before)"
-NOW = "fp32, channels-last, fused Adam (fmae now, CPU)"
+FP32 = "fp32, channels-last, fused Adam"
+BF16 = "bf16 autocast, channels-last, fused Adam"
 VARIANTS = {  # name -> (channels-last weights, fused optimiser, bf16 autocast)
     BEFORE: (False, False, False),
-    NOW: (True, True, False),
-    "bf16 autocast, channels-last, fused Adam": (True, True, True),
+    FP32: (True, True, False),
+    BF16: (True, True, True),
 }
-# The validation pass of an epoch, as it was (contiguous weights, 2048 images a batch) and as it
-# is on the CPU (channels-last, EVAL_BATCH): with it, a trial's epoch as a search meets it.
-VALIDATION = {BEFORE: (False, 2048), NOW: (True, EVAL_BATCH["cpu"])}
+# The validation pass of an epoch as it was (contiguous weights, 2048 images a batch) and as it
+# is on the CPU (channels-last, EVAL_BATCH, fp32): with it, a trial's epoch as a search meets it.
+VALIDATION = {"before": (False, 2048), "now": (True, EVAL_BATCH["cpu"])}
 SEED = "seed-style DataLoader (torchvision)"
 
 
@@ -100,8 +108,17 @@ def seed_style_epoch(c: int, device: torch.device, n_images: int) -> float:
     return n_images / (time.perf_counter() - started)
 
 
-def epoch_path(variant: str, n_val: int) -> str:
-    return f"epoch with validation on {n_val:,}: {'before' if variant == BEFORE else 'now'}"
+def fmae_now(device: torch.device) -> str:
+    """The variant fmae trains with on device (precision=auto: bf16 on CPUs with AMX)."""
+    return BF16 if training_precision("auto", device) == "bf16" else FP32
+
+
+def epoch_path(when: str, n_val: int) -> str:
+    return f"epoch with validation on {n_val:,}: {when}"
+
+
+def label(name: str, now: str) -> str:
+    return f"{name} (fmae now)" if name == now else name
 
 
 def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 5) -> list[dict]:
@@ -110,7 +127,8 @@ def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 
     machine's speed drifts between minutes more than between neighbouring epochs)."""
     splits = load_fashion_mnist(train_subset=n_images).to(device)
     data, val = splits.train, splits.val
-    rows = []
+    now, rows = fmae_now(device), []
+    trains_with = {"before": BEFORE, "now": now}
     for c in widths:
         epochs = [epoch_path(v, len(val)) for v in VALIDATION]
         runs = {name: [] for name in (SEED, *VARIANTS, *epochs)}
@@ -118,14 +136,14 @@ def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 
             runs[SEED].append(seed_style_epoch(c, device, n_images))
             for name, (channels_last, fused, bf16) in VARIANTS.items():
                 runs[name].append(fmae_epoch(data, c, device, channels_last, fused, bf16))
-            for name, (channels_last, batch) in VALIDATION.items():  # the epoch: training, then validation
-                seconds = n_images / runs[name][-1] + validation_seconds(val, c, device, channels_last, batch)
-                runs[epoch_path(name, len(val))].append(n_images / seconds)
+            for when, (channels_last, batch) in VALIDATION.items():  # the epoch: training, then validation
+                training = n_images / runs[trains_with[when]][-1]
+                seconds = training + validation_seconds(val, c, device, channels_last, batch)
+                runs[epoch_path(when, len(val))].append(n_images / seconds)
         for name, speeds in runs.items():
             # an epoch's row compares with the epoch as it was, a training row with training as it was
-            baseline = runs[epoch_path(BEFORE, len(val)) if name in epochs else BEFORE]
+            baseline = runs[epoch_path("before", len(val)) if name in epochs else BEFORE]
             ratios = [speed / before for speed, before in zip(speeds, baseline)]
-            rows.append(
-                {"c": c, "path": name, "images_per_s": statistics.median(speeds), "ratio": statistics.median(ratios)}
-            )
+            speed, ratio = statistics.median(speeds), statistics.median(ratios)
+            rows.append({"c": c, "path": label(name, now), "images_per_s": speed, "ratio": ratio})
     return rows

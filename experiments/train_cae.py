@@ -21,6 +21,7 @@ from experiments.tracking.step_run import StepRun
 from experiments.training import (
     LR_SCHEDULES,
     OPTIMIZERS,
+    PRECISIONS,
     Diverged,
     Report,
     evaluate,
@@ -28,6 +29,7 @@ from experiments.training import (
     make_optimizer,
     make_scheduler,
     predict,
+    training_precision,
 )
 from fmae_models import CAE, CAEConfig, sample_fitted_gaussian
 
@@ -43,11 +45,13 @@ class Config(CommonConfig, CAEConfig):  # the CAE's own fields (n_channels, ...)
     batch_size: int = 256  # images per optimiser step
     epochs: int = 20  # passes over the training set
     lr_schedule: str = "constant"  # constant (the seed's), or cosine: anneal lr to 0 over the epochs
+    precision: str = "auto"  # training arithmetic: auto (bf16 autocast on CPUs with AMX, else fp32), fp32 or bf16
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
         check_positive(self, "n_channels", "encoded_space_dim", "lr", "batch_size", "epochs")
         check_positive(self, "weight_decay", "momentum", allow_zero=True)
         if self.momentum >= 1:
@@ -121,6 +125,7 @@ def train_autoencoder(
         start_epoch=start_epoch,
         scheduler=training.scheduler,
         every_second=every_second,
+        precision=training_precision(config.precision, config.torch_device),
     )
     return training.model
 
@@ -168,12 +173,18 @@ def log_autoencoder(run: StepRun, model: CAE, test: Split, seed: int):
     return run.log_model(model.encoder, "encoder", "encoder", config)
 
 
+def precision_tags(config: Config) -> dict[str, str]:
+    """What the run trained in, where the precision param says "auto"."""
+    return {"fmae.precision": training_precision(config.precision, config.torch_device)}
+
+
 def divergence_tags(exc: Diverged) -> dict[str, str]:
     return {"fmae.failure": "diverged", "fmae.diverged_at_epoch": str(exc.epoch), "fmae.failure_cause": exc.cause}
 
 
 def run(config: Config) -> str:
     with open_step(STEP, config) as step:
+        step.run.set_tags(precision_tags(config))
         try:
             model = train_autoencoder(config, step.data, report=step.run.log_epoch)
         except Diverged as exc:

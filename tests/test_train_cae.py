@@ -27,6 +27,8 @@ def test_run_finished_with_params_and_one_metric_per_epoch(trained):
     run, _, console = trained
     assert run.info.status == "FINISHED"
     assert run.data.params["encoded_space_dim"] == "6" and run.data.params["optimizer"] == "adam"
+    amx = torch.cpu._is_amx_tile_supported() and not torch.cuda.is_available()
+    assert run.data.params["precision"] == "auto" and run.data.tags["fmae.precision"] == ("bf16" if amx else "fp32")
     for key in ("train_loss", "val_loss"):
         assert [step for step, _ in metric_history(run.info.run_id, key)] == [1, 2, 3]
     val = [v for _, v in metric_history(run.info.run_id, "val_loss")]

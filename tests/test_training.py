@@ -1,5 +1,6 @@
-"""The shared training loop's guard against denormal weights, which x86 CPUs compute ~100x
-slower on the intra-op worker threads that torch.set_flush_denormal does not reach."""
+"""The shared training loop: its guard against denormal weights (which x86 CPUs compute ~100x
+slower on the intra-op worker threads that torch.set_flush_denormal does not reach), its bf16
+training, and its hooks for a trial."""
 
 from types import SimpleNamespace
 
@@ -102,3 +103,45 @@ def test_every_second_runs_between_batches_once_a_second_and_before_validation(s
     # a reading per batch, and one more after each call: at 0.4 s a reading, a call every
     # third batch, not every batch
     assert set(between) == {"tick"} and 1 <= len(between) <= batches // 2, calls
+
+
+def test_precision_auto_is_bf16_on_cpus_with_amx_only():
+    from experiments.training import training_precision
+
+    amx = torch.cpu._is_amx_tile_supported()
+    assert training_precision("auto", torch.device("cpu")) == ("bf16" if amx else "fp32")
+    assert training_precision("auto", torch.device("cuda")) == "fp32"  # never measured there
+    assert [training_precision(p, torch.device("cpu")) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+
+
+def test_bf16_trains_in_bf16_and_learns_as_fp32_does(small_data):
+    """precision="bf16": the forward pass runs in bfloat16 (autocast), the weights stay float32,
+    and an epoch lowers the loss about as much as fp32's; validation is fp32 either way."""
+    from experiments import training
+    from experiments.train_cae import reconstruction_loss
+    from fmae_models import CAE
+
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = CAE(CAEConfig(n_channels=8, encoded_space_dim=6))
+        dtypes, metrics = set(), []
+        model.decoder.register_forward_hook(lambda m, i, out, seen=dtypes: seen.add((m.training, out.dtype)))
+        training.fit(
+            model,
+            reconstruction_loss,
+            training.make_optimizer("adam", model.parameters(), 3e-3),
+            small_data.train,
+            small_data.val,
+            2,
+            128,
+            0,
+            report=lambda epoch, m, seen=metrics: seen.append(m),
+            precision=precision,
+        )
+        trained_in = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert dtypes == {(True, trained_in), (False, torch.float32)}, dtypes
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        results[precision] = [m["val_loss"] for m in metrics]
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert bf16[1] < bf16[0] and abs(bf16[1] - fp32[1]) < 0.1 * fp32[1], results

@@ -17,6 +17,7 @@ from ray import tune as ray_tune
 
 from experiments import train_cae
 from experiments.errors import UserError
+from experiments.training import training_precision
 from tests.helpers import assert_png, metric_history, searcher_on_study
 from tests.study import STUDY
 from tune import cluster, summary
@@ -46,6 +47,8 @@ def test_children_have_per_epoch_metrics_tags_and_honest_status(study):
     for child in study.trials:
         tags = child.data.tags
         assert tags["ray.trial_id"] and len(tags["ray.node_id"]) > 20
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # device=auto
+        assert tags["fmae.precision"] == training_precision("auto", device)  # as this machine trains
         for key in ("mlflow.user", "mlflow.source.name", "mlflow.source.type"):  # who ran it, from what
             assert tags[key] == study.tune.data.tags[key], key
         steps = [s for s, _ in metric_history(child.info.run_id, "val_loss")]

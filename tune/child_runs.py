@@ -12,7 +12,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFL
 from ray import tune
 from ray.tune import Callback
 
-from experiments import interrupts
+from experiments import interrupts, train_cae
 from experiments.tracking.links import ui_path
 from experiments.tracking.mlflow_compat import TRIAL_CONFIG_FILE
 from experiments.tracking.queries import PRUNED_TAG
@@ -63,6 +63,7 @@ def open_trial_run(setup, config: dict) -> str:
             "ray.trial_name": context.get_trial_name(),
             "ray.trial_id": context.get_trial_id(),
             "ray.node_id": node,
+            **train_cae.precision_tags(setup.base),  # this node's: "auto" resolves per machine
             MLFLOW_RUN_NOTE: f"**Trial {name}** of {parent}, training: a CAE with {describe_config(config)}.",
             **setup.tags,
         },

@@ -17,10 +17,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from experiments import interrupts, train_cae
-from experiments.config import CommonConfig, check_named, check_positive
+from experiments.config import CommonConfig, check_choice, check_named, check_positive
 from experiments.errors import UserError
 from experiments.step import Step, open_step
 from experiments.tracking.server import tracking_uri
+from experiments.training import PRECISIONS
 from tune import ray_compat, resume, summary
 from tune.child_runs import ChildRunStatus, closing_children, drop_lost_trials
 from tune.cluster import ray_session, trial_concurrency
@@ -59,6 +60,7 @@ class Config(CommonConfig):
     resume: bool = False  # continue the interrupted search kept under storage_path
     register_as: str = "fmae-cae-encoder"  # registered model that receives the best encoder
     verbose: bool = False  # Ray's trial table every 30 s as well as fmae's line per finished trial
+    precision: str = "auto"  # trials' training arithmetic: auto (bf16 on CPUs with AMX, else fp32), fp32 or bf16
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,6 +72,7 @@ class Config(CommonConfig):
                 "ASHA needs grace_period <= max_epochs."
             )
         check_named(self, "register_as", "fmae-cae-encoder")
+        check_choice("precision", self.precision, PRECISIONS)
         if self.gpus_per_trial and not self.ray_address and not torch.cuda.is_available():
             raise UserError(
                 f"gpus_per_trial={self.gpus_per_trial:g} asks for a GPU, but PyTorch sees none on this "
@@ -164,6 +167,7 @@ def trial_setup(config: Config, step: Step) -> TrialSetup:
         seed=config.seed,
         device=config.device,
         epochs=config.max_epochs,
+        precision=config.precision,
     )
     tags = step.run.client.get_run(step.run_id).data.tags
     return TrialSetup(
