@@ -2,15 +2,19 @@
 
     python -m benchmarks.performance                      # training paths, and the peer search
     python -m benchmarks.performance --search peer,default # + the search with every default
+    python -m benchmarks.performance --train_images 0 --seeds 0,1,2  # the peer search over 3 seeds
 
 1. Training throughput (benchmarks/training_paths.py): the seed's DataLoader loop, fmae's loop
-   as it was and as it is, bf16 for reference, at n_channels 8 and 32.
+   as it was and with channels-last weights and a fused optimiser in fp32 and bf16 (the one
+   fmae trains with here marked), at n_channels 8 and 32.
 2. The peer search: the search a user would write instead of fmae (benchmarks/seed_search.py:
    one process, plain Optuna with TPE and MedianPruner, a DataLoader) beside `fmae tune`, both as
    fresh processes on the same space, start points and budget (10 trials x 5 epochs on 10,000
    images); wall time, best val and test loss, and best val_loss against wall-clock seconds
    (--figure). On the CPU, also each fmae search's floor: its trials' training and validation
-   alone, timed again on one thread each and shared among the cores (compute_floor).
+   alone, timed again on one thread each and shared among the cores (compute_floor). With
+   --seeds, both searches run with each seed, and the best val_loss is compared over them: one
+   seed's pair cannot say which search finds the better model.
 
 Timings are wall-clock and noisy: run it on a quiet machine and read the ratios.
 """
@@ -19,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +36,7 @@ import torch
 from benchmarks import training_paths
 
 ROOT = Path(__file__).resolve().parents[1]
+PEER = "seed's way (one process, Optuna, DataLoader)"
 PEER_BUDGET = {"trials": 10, "epochs": 5, "train_subset": 10_000}
 SEARCHES = {  # name -> extra `fmae tune` flags
     "small": ["--num_samples", "8", "--max_epochs", "3", "--grace_period", "1", "--train_subset", "5000"],
@@ -127,7 +133,7 @@ def compute_floor(client: mlflow.MlflowClient, trials, tmp: str) -> float:
     return seconds / (os.cpu_count() or 1)
 
 
-def seed_search() -> dict:
+def seed_search(seed: int) -> dict:
     """benchmarks/seed_search.py as a fresh process, on the peer budget."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "seed.json")
@@ -138,6 +144,7 @@ def seed_search() -> dict:
             "--json",
             str(out),
             *[f"--{k}={v}" for k, v in PEER_BUDGET.items()],
+            f"--seed={seed}",
         ]
         started = time.time()
         subprocess.run(cmd, cwd=ROOT, env=environment(tmp), check=True, capture_output=True, text=True)
@@ -176,9 +183,12 @@ def print_training(rows: list[dict]) -> None:
 
 
 def print_searches(rows: dict[str, dict]) -> None:
+    """Each search's row; its speed-up against the peer search of its seed (the first one's for
+    searches of another budget)."""
     print(f"\nsearch{'':<40}{'wall s':>8}{'best val':>10}{'best test':>11}{'finished/stopped':>18}{'speed-up':>10}")
-    peer = rows.get("seed's way (one process, Optuna, DataLoader)")
+    peers = [row for name, row in rows.items() if name.startswith(PEER)]
     for name, row in rows.items():
+        peer = row.get("peer") or (peers[0] if peers else None)
         ratio = f"{peer['wall_seconds'] / row['wall_seconds']:.2f}x" if peer else "-"
         print(
             f"{name:<46}{row['wall_seconds']:>8.1f}{row['best_val_loss']:>10.5f}{row['best_test_loss']:>11.5f}"
@@ -193,6 +203,29 @@ def print_searches(rows: dict[str, dict]) -> None:
             )
 
 
+def across_seeds(pairs: list[tuple[dict, dict]]) -> dict:
+    """The peer and fmae searches over several seeds: what one seed's pair cannot say."""
+    ratios = sorted(peer["wall_seconds"] / fmae["wall_seconds"] for peer, fmae in pairs)
+    summary = {"seeds": len(pairs), "speed_up_median": statistics.median(ratios), "speed_ups": ratios}
+    for who, index in (("peer", 0), ("fmae", 1)):
+        values = [pair[index]["best_val_loss"] for pair in pairs]
+        summary[f"{who}_best_val_mean"] = statistics.mean(values)
+        summary[f"{who}_best_val_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary["fmae_better"] = sum(fmae["best_val_loss"] <= peer["best_val_loss"] for peer, fmae in pairs)
+    return summary
+
+
+def print_across_seeds(summary: dict) -> None:
+    n = summary["seeds"]
+    print(
+        f"\nover {n} seeds: best val_loss, the seed's way {summary['peer_best_val_mean']:.5f} ± "
+        f"{summary['peer_best_val_std']:.5f}, fmae {summary['fmae_best_val_mean']:.5f} ± "
+        f"{summary['fmae_best_val_std']:.5f} (fmae's as good or better in {summary['fmae_better']} of {n}); "
+        f"speed-up median {summary['speed_up_median']:.2f}x "
+        f"({', '.join(f'{r:.2f}x' for r in summary['speed_ups'])})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -200,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", default="peer", help=f"comma-separated, from: peer, {', '.join(SEARCHES)}, none")
     parser.add_argument(
         "--tune_args", default="", help="extra flags for every fmae search, e.g. '--gpus_per_trial 0.25'"
+    )
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated: the peer search and fmae's, each with every seed (e.g. 0,1,2)"
     )
     parser.add_argument("--figure", default="time_to_quality.png", help="where the peer search's figure goes")
     parser.add_argument("--json", default="", help="also write the results to this file")
@@ -214,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     training = training_paths.measure(device, args.train_images) if args.train_images else []
     print_training(training)
-    searches, wanted = {}, [s.strip() for s in args.search.split(",") if s.strip() not in ("", "none")]
+    searches, pairs, wanted = {}, [], [s.strip() for s in args.search.split(",") if s.strip() not in ("", "none")]
     if "peer" in wanted:
         flags = [
             "--num_samples",
@@ -226,15 +262,27 @@ def main(argv: list[str] | None = None) -> int:
             "--train_subset",
             str(PEER_BUDGET["train_subset"]),
         ]
-        searches["seed's way (one process, Optuna, DataLoader)"] = seed_search()
-        searches["fmae tune " + " ".join(flags)] = fmae_search(flags, str(device), args.tune_args.split())
-        plot_time_to_quality(searches, args.figure)
+        seeds, pairs = [int(seed) for seed in args.seeds.split(",")], []
+        for seed in seeds:
+            suffix = f", seed {seed}" if len(seeds) > 1 else ""
+            peer = seed_search(seed)
+            fmae = fmae_search([*flags, "--seed", str(seed)], str(device), args.tune_args.split())
+            searches[PEER + suffix] = peer
+            searches["fmae tune " + " ".join(flags) + suffix] = {**fmae, "peer": peer}
+            pairs.append((peer, fmae))
+            if seed == seeds[0]:
+                plot_time_to_quality({PEER: peer, "fmae tune " + " ".join(flags): fmae}, args.figure)
     for name in [w for w in wanted if w != "peer"]:
         searches[f"fmae tune ({name})"] = fmae_search(SEARCHES[name], str(device), args.tune_args.split())
+    summary = across_seeds(pairs) if len(pairs) > 1 else None
     if searches:
         print_searches(searches)
+    if summary:
+        print_across_seeds(summary)
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "training": training, "searches": searches}))
+        rows = {name: {k: v for k, v in row.items() if k != "peer"} for name, row in searches.items()}
+        out = {"device": str(device), "training": training, "searches": rows, "across_seeds": summary}
+        Path(args.json).write_text(json.dumps(out))
     return 0
 
 
