@@ -188,7 +188,7 @@ def print_searches(rows: dict[str, dict]) -> None:
     print(f"\nsearch{'':<40}{'wall s':>8}{'best val':>10}{'best test':>11}{'finished/stopped':>18}{'speed-up':>10}")
     peers = [row for name, row in rows.items() if name.startswith(PEER)]
     for name, row in rows.items():
-        peer = row.get("peer") or (peers[0] if peers else None)
+        peer = row if name.startswith(PEER) else row.get("peer") or (peers[0] if peers else None)
         ratio = f"{peer['wall_seconds'] / row['wall_seconds']:.2f}x" if peer else "-"
         print(
             f"{name:<46}{row['wall_seconds']:>8.1f}{row['best_val_loss']:>10.5f}{row['best_test_loss']:>11.5f}"
