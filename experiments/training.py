@@ -40,7 +40,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def training_precision(precision: str, device: torch.device) -> str:
     """What precision="auto" (or an explicit choice) trains in on device: "bf16" or "fp32"."""
     if precision == "auto":
-        return "bf16" if device.type == "cpu" and torch.cpu._is_amx_tile_supported() else "fp32"
+        # PyTorch's own check (private; a PyTorch without it trains in fp32, which is always right)
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        return "bf16" if device.type == "cpu" and amx() else "fp32"
     return precision
 
 
