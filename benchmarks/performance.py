@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             "--train_subset",
             str(PEER_BUDGET["train_subset"]),
         ]
-        seeds, pairs = [int(seed) for seed in args.seeds.split(",")], []
+        seeds = [int(seed) for seed in args.seeds.split(",")]
         for seed in seeds:
             suffix = f", seed {seed}" if len(seeds) > 1 else ""
             peer = seed_search(seed)
