@@ -3,6 +3,8 @@ their own — concurrency, the conditional space, the searcher's honesty, lost a
 
 import dataclasses
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,7 +91,8 @@ def test_trials_start_together_and_the_search_records_its_timeline(study, tmp_pa
     # for the other's start-up (with one pending trial, each waited for the one before).
     assert table["created_s"].nsmallest(2).max() < table["first_epoch_s"].min()
     # ... and ran in processes Ray had started with itself, before the search began
-    # (tune.cluster.start_trials_in_rays_first_workers)
+    # (tune.cluster.start_trials_in_rays_first_workers), not in ones Ray started once the search
+    # asked, after its first workers had been ended (ray_compat.KEEP_FIRST_WORKERS)
     first_two = table.nsmallest(2, "created_s")
     assert (first_two["process_started_s"] < 0).all(), first_two[["process_started_s", *columns]]
     metrics = parent.data.metrics
@@ -416,6 +419,19 @@ def test_a_search_ray_gives_up_on_leaves_no_trial_running(tracking, tmp_path):
         ("tune", "FAILED"),
         ("tune-trial", "FAILED"),
     ]
+
+
+def test_a_trials_process_start_is_timed_to_the_clock_tick():
+    """The timeline's process_started tells Ray's first workers (started before the search) from
+    processes started for the trials a second later: psutil's create_time, up to 1 s early, could not."""
+    before = time.time()
+    child = subprocess.run(
+        [sys.executable, "-c", "from tune.trainable import process_started_at; print(process_started_at())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert before - 0.05 <= float(child.stdout) <= time.time()
 
 
 def test_ray_shuts_down_in_the_background_once_the_search_releases_it():

@@ -22,17 +22,17 @@ def connect_ray(address: str) -> bool:
     """Join the cluster at address, or ("") start Ray here. Returns whether we started it."""
     if ray.is_initialized():
         return False
-    if not address:
-        # A Ray started here keeps token authentication, Ray's default, without warning that it does.
-        # (Setting RAY_AUTH_MODE=token here instead breaks ray.init: its client reads the mode at import.)
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     env_vars = {
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         **{k: os.environ[k] for k in CREDENTIALS if k in os.environ},
     }
-    options = {"runtime_env": {"env_vars": env_vars}} if address else {}
-    if not address:
-        start_trials_in_rays_first_workers(env_vars)
+    if address:
+        options = {"runtime_env": {"env_vars": env_vars}}
+    else:
+        # A Ray started here keeps token authentication, Ray's default, without warning that it does.
+        # (Setting RAY_AUTH_MODE=token here instead breaks ray.init: its client reads the mode at import.)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        options = start_trials_in_rays_first_workers(env_vars)
     try:
         # "local" starts a fresh Ray here even when a `ray start` cluster runs on this machine
         # (a bare ray.init() would silently join it).
@@ -52,17 +52,20 @@ def connect_ray(address: str) -> bool:
     return True
 
 
-def start_trials_in_rays_first_workers(env_vars: dict[str, str]) -> None:
+def start_trials_in_rays_first_workers(env_vars: dict[str, str]) -> dict:
     """For a Ray started here: the first trials start in processes that are already up.
+    Returns the options for ray.init.
 
     Ray starts one worker process per CPU as it comes up, while the search loads its data and
     opens its run, but gives an actor (a trial) one of them only when the actor's runtime
     environment is empty. Ray Tune always sets one (ray_compat.warm_workers_for_trials drops it),
     and so would a runtime environment passed to ray.init: env_vars travel instead as Ray's own
-    processes inherit them from this one.
+    processes inherit them from this one. Those workers must also outlive the moment the
+    search's placement groups take the CPUs (ray_compat.KEEP_FIRST_WORKERS).
     """
     os.environ.update(env_vars)
     ray_compat.warm_workers_for_trials()
+    return {"_system_config": ray_compat.KEEP_FIRST_WORKERS}
 
 
 @dataclass

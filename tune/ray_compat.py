@@ -88,6 +88,14 @@ def warm_workers_for_trials() -> None:
     class_cache.DEFAULT_ENV_VARS.pop("PL_DISABLE_FORK", None)
 
 
+# Ray's raylet keeps as many idle workers as there are free CPUs, and ends the others once idle
+# for 1 s. A search's placement groups take every CPU a moment before its trials ask for
+# processes: the workers Ray started with itself, idle for a second by then about half the
+# time, were ended in that moment and new ones started for the trials (1-2 s later to their
+# first epoch, measured 2026-12-03). Idle workers of a Ray fmae starts live a minute instead.
+KEEP_FIRST_WORKERS = {"idle_worker_killing_time_threshold_ms": 60_000}
+
+
 class _NotMainThreadNote(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("SIGTERM handler is not set because current thread")

@@ -8,6 +8,7 @@ the trial.
 
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -50,6 +51,19 @@ def save_checkpoint(folder: str, state: dict) -> tune.Checkpoint:
 def load_checkpoint(checkpoint: tune.Checkpoint) -> dict:
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def process_started_at() -> float:
+    """When this process began, by the wall clock, to the clock tick (10 ms). psutil's
+    create_time adds the process's start to the boot time, which Linux gives in whole seconds:
+    up to a second early, enough to hide whether a trial's process was there before its search."""
+    try:
+        after_paren = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:  # not Linux
+        return psutil.Process().create_time()
+    started_after_boot = int(after_paren[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+    return time.time() - (uptime - started_after_boot)
 
 
 def ignore_exits_in_callbacks(unraisable) -> None:
@@ -123,7 +137,7 @@ def run_trial(config: dict, data: PackedFashionMNIST, setup: TrialSetup) -> None
     logged = run.logged_epochs("val_loss")
     # Where a trial's time goes, for the search's timeline (tune/timeline.py).
     timing = {"entered_at": entered_at, "setup_seconds": time.time() - entered_at, "mlflow_run_name": run.name}
-    timing["process_started_at"] = psutil.Process().create_time()
+    timing["process_started_at"] = process_started_at()
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch not in logged:
