@@ -101,3 +101,21 @@ def test_principal_components_are_scikit_learns_pca():
     )
     expected = PCA(n_components=2).fit_transform(codes.numpy())
     assert np.allclose(principal_components(codes).numpy(), expected, atol=1e-4)
+
+
+def test_image_figures_draw_each_image_in_its_place_on_one_picture():
+    """Image grids are one picture (experiments.plots.show_tiled): image k of a 3-column grid
+    lands at row k // 3, column k % 3, with white (NaN) between images and in the unfilled cells."""
+    from experiments import plots
+
+    images = torch.arange(7, dtype=torch.float32).div(10).reshape(7, 1, 1, 1).expand(7, 1, 28, 28)
+    picture = plots.plot_image_grid(images, "grid", ncols=3).axes[0].images[0].get_array().filled(np.nan)
+    step = 28 + plots.GAP
+    assert picture.shape == (3 * step - plots.GAP, 3 * step - plots.GAP)
+    for k in range(7):
+        r, c = divmod(k, 3)
+        assert np.allclose(picture[r * step : r * step + 28, c * step : c * step + 28], k / 10)
+    assert np.isnan(picture[2 * step :, 1 * step :]).all()  # the two unfilled cells
+    assert np.isnan(picture[28 : 28 + plots.GAP]).all()  # between rows
+    labels = plots.plot_reconstructions(images[:2], images[2:4]).axes[0].get_yticklabels()
+    assert [t.get_text() for t in labels] == ["original", "reconstructed"]
