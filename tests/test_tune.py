@@ -22,7 +22,7 @@ from experiments.errors import UserError
 from experiments.training import training_precision
 from tests.helpers import assert_png, metric_history, searcher_on_study
 from tests.study import STUDY
-from tune import cluster, summary
+from tune import cluster, ray_compat, summary
 from tune import search as search_module
 from tune.ray_compat import PruningAwareOptunaSearch
 from tune.space import SEED_BEST, START_POINTS, define_space
@@ -436,7 +436,9 @@ def test_a_trials_process_start_is_timed_to_the_clock_tick():
 
 def test_ray_shuts_down_in_the_background_once_the_search_releases_it():
     """release() (called once the trials are over) shuts the search's own Ray down in the
-    background, before the session ends; the session's end waits for it."""
+    background, before the session ends; the session's end waits for it. The Ray options fmae
+    keeps are passed as copies: ray.init writes its session's spill folder into the one it gets."""
+    kept = dict(ray_compat.KEEP_FIRST_WORKERS)
     with cluster.ray_session("") as session:
         session.ready()
         assert ray.is_initialized()
@@ -446,6 +448,7 @@ def test_ray_shuts_down_in_the_background_once_the_search_releases_it():
             time.sleep(0.1)
         assert not ray.is_initialized()
     assert not ray.is_initialized()
+    assert ray_compat.KEEP_FIRST_WORKERS == kept
 
 
 def test_no_logged_model_holds_a_system_metric(study):

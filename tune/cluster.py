@@ -65,7 +65,7 @@ def start_trials_in_rays_first_workers(env_vars: dict[str, str]) -> dict:
     """
     os.environ.update(env_vars)
     ray_compat.warm_workers_for_trials()
-    return {"_system_config": ray_compat.KEEP_FIRST_WORKERS}
+    return {"_system_config": dict(ray_compat.KEEP_FIRST_WORKERS)}  # a copy: ray.init adds to it
 
 
 @dataclass
