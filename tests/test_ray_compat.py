@@ -5,6 +5,7 @@ workaround it names (and the canary)."""
 import dataclasses
 import inspect
 import os
+import time
 
 import optuna
 from ray.tune import Result, ResultGrid
@@ -13,6 +14,7 @@ from ray.tune.experimental.output import get_air_verbosity
 from ray.tune.search.optuna import OptunaSearch
 
 from tests.helpers import searcher_on_study
+from tune.ray_compat import KEEP_FIRST_WORKERS
 from tune.space import START_POINTS, define_space
 
 
@@ -66,3 +68,36 @@ def test_tune_gives_every_trainable_a_runtime_environment():
     source = inspect.getsource(class_cache)
     assert '"PL_DISABLE_FORK": "1"' in source
     assert "ray.remote(runtime_env=runtime_env)(trainable_cls)" in source
+
+
+def first_worker_takes_an_actor(system_config: dict) -> bool:
+    """Start Ray on 2 CPUs, let its first workers idle past Ray's 1 s, take every CPU in a
+    placement group (as a search does) and start an actor in it: is its process one of them?"""
+    import psutil
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    @ray.remote(num_cpus=1)
+    class Pid:
+        def pid(self) -> int:
+            return os.getpid()
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _system_config=dict(system_config))
+    try:
+        time.sleep(3)  # the first workers up and idle for over a second
+        first = {p.pid for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] == ["ray::IDLE"]}
+        group = placement_group([{"CPU": 1}, {"CPU": 1}])
+        ray.get(group.ready())
+        time.sleep(1)  # the raylet checks its idle workers every 200 ms
+        actor = Pid.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote()
+        return len(first) == 2 and ray.get(actor.pid.remote()) in first
+    finally:
+        ray.shutdown()
+
+
+def test_ray_ends_its_first_workers_once_the_cpus_are_taken():
+    """-> KEEP_FIRST_WORKERS (about half of all searches started their first trials in new
+    processes, 1-2 s later); with it, the first workers take the trials."""
+    assert not first_worker_takes_an_actor({})
+    assert first_worker_takes_an_actor(KEEP_FIRST_WORKERS)
