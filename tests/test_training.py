@@ -116,7 +116,8 @@ def test_precision_auto_is_bf16_on_cpus_with_amx_only():
 
 def test_bf16_trains_in_bf16_and_learns_as_fp32_does(small_data):
     """precision="bf16": the forward pass runs in bfloat16 (autocast), the weights stay float32,
-    and an epoch lowers the loss about as much as fp32's; validation is fp32 either way."""
+    and an epoch lowers the loss about as much as fp32's. Validation runs as training did; a
+    test pass (evaluate's default) is fp32 either way, and bf16 reads the same loss within 1%."""
     from experiments import training
     from experiments.train_cae import reconstruction_loss
     from fmae_models import CAE
@@ -140,8 +141,13 @@ def test_bf16_trains_in_bf16_and_learns_as_fp32_does(small_data):
             precision=precision,
         )
         trained_in = torch.bfloat16 if precision == "bf16" else torch.float32
-        assert dtypes == {(True, trained_in), (False, torch.float32)}, dtypes
+        assert dtypes == {(True, trained_in), (False, trained_in)}, dtypes
         assert all(p.dtype == torch.float32 for p in model.parameters())
+        dtypes.clear()
+        test_loss = training.evaluate(model, reconstruction_loss, small_data.test)
+        assert dtypes == {(False, torch.float32)}, dtypes
+        in_bf16 = training.evaluate(model, reconstruction_loss, small_data.test, precision="bf16")
+        assert in_bf16 == pytest.approx(test_loss, rel=0.01)
         results[precision] = [m["val_loss"] for m in metrics]
     fp32, bf16 = results["fp32"], results["bf16"]
     assert bf16[1] < bf16[0] and abs(bf16[1] - fp32[1]) < 0.1 * fp32[1], results
