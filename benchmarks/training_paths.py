@@ -31,7 +31,8 @@ VARIANTS = {  # name -> (channels-last weights, fused optimiser, bf16 autocast)
     BF16: (True, True, True),
 }
 # The validation pass of an epoch as it was (contiguous weights, 2048 images a batch) and as it
-# is on the CPU (channels-last, EVAL_BATCH, fp32): with it, a trial's epoch as a search meets it.
+# is on the CPU (channels-last, EVAL_BATCH, in the precision fmae trains with): with it, a trial's
+# epoch as a search meets it.
 VALIDATION = {"before": (False, 2048), "now": (True, EVAL_BATCH["cpu"])}
 SEED = "seed-style DataLoader (torchvision)"
 
@@ -68,17 +69,17 @@ def fmae_epoch(data, c: int, device: torch.device, channels_last: bool, fused: b
     return len(data) / (time.perf_counter() - started)
 
 
-def validation_seconds(val, c: int, device: torch.device, channels_last: bool, batch: int) -> float:
+def validation_seconds(val, c: int, device: torch.device, channels_last: bool, batch: int, precision: str) -> float:
     """Seconds of one validation pass (experiments.training.evaluate) over val, after a warm-up."""
     model, _ = model_and_optimizer(c, device, channels_last, False)
 
     def loss(model, images, labels):
         return F.mse_loss(model(images), images)
 
-    evaluate(model, loss, type(val)(val.inputs[:2048], val.labels[:2048]), batch)
+    evaluate(model, loss, type(val)(val.inputs[:2048], val.labels[:2048]), batch, precision)
     sync(device)
     started = time.perf_counter()
-    evaluate(model, loss, val, batch)
+    evaluate(model, loss, val, batch, precision)
     sync(device)
     return time.perf_counter() - started
 
@@ -138,7 +139,8 @@ def measure(device: torch.device, n_images: int, widths=(8, 32), repeats: int = 
                 runs[name].append(fmae_epoch(data, c, device, channels_last, fused, bf16))
             for when, (channels_last, batch) in VALIDATION.items():  # the epoch: training, then validation
                 training = n_images / runs[trains_with[when]][-1]
-                seconds = training + validation_seconds(val, c, device, channels_last, batch)
+                precision = "bf16" if trains_with[when] == BF16 else "fp32"  # fit validates as it trains
+                seconds = training + validation_seconds(val, c, device, channels_last, batch, precision)
                 runs[epoch_path(when, len(val))].append(n_images / seconds)
         for name, speeds in runs.items():
             # an epoch's row compares with the epoch as it was, a training row with training as it was
