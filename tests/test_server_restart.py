@@ -29,7 +29,7 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-OUTAGE_SECONDS = 5  # on top of the ~5 s that starting the server again takes
+OUTAGE_SECONDS = 5  # on top of the ~5 s that starting the server again takes, and of two epochs
 MAX_EPOCHS = 4
 PASSWORD = secrets.token_urlsafe(18)
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
@@ -54,7 +54,8 @@ def frozen(pid: int):
 
 def start_search_and_stop_the_server(tmp_path, start_server, **env):
     """A real server (start_server(folder, port=0)), a search logging to it, and the server stopped
-    once a trial logged its first epoch, while the trial has epochs left to log."""
+    once a trial logged its first epoch, while the trial has epochs left to log. Also returns how
+    long that first epoch took: an outage must outlast the next one to catch it."""
     folder = tmp_path / "server"
     folder.mkdir()
     server, url = start_server(folder)
@@ -82,13 +83,15 @@ def start_search_and_stop_the_server(tmp_path, start_server, **env):
         text=True,
     )
     client, deadline = MlflowClient(url), time.time() + 600
-    while not client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0"):
+    while not (
+        trials := client.search_runs([e.experiment_id for e in client.search_experiments()], "metrics.val_loss > 0")
+    ):
         assert search.poll() is None and time.time() < deadline, search.communicate()[1][-3000:]
         time.sleep(0.2)
     with frozen(search.pid):  # a restart: the trial is mid-training, the driver mid-search
         stopped_at = time.time()
         stop_mlflow_server(server, timeout=2)
-    return folder, url, client, search, stopped_at
+    return folder, url, client, search, stopped_at, trials[0].data.metrics["epoch_seconds"]
 
 
 def files_holding(secret: str, url: str, runs, folders: list[Path], dst: Path) -> list[str]:
@@ -116,8 +119,11 @@ def test_a_search_rides_out_a_restart_of_the_recipes_server_and_leaks_no_passwor
     for name, value in CREDENTIALS.items():  # the test's client and the search's, as a user exports them
         monkeypatch.setenv(name, value)
     start = functools.partial(start_auth_server, password=PASSWORD)
-    folder, url, client, search, stopped_at = start_search_and_stop_the_server(tmp_path, start)
-    time.sleep(OUTAGE_SECONDS)
+    folder, url, client, search, stopped_at, epoch_seconds = start_search_and_stop_the_server(tmp_path, start)
+    # Long enough for the trial to end its next epoch while the server is gone, on a slow host as well
+    # (a busy CI host once took longer for an epoch than a fixed 5 s outage), and well inside the
+    # client's two minutes of retries.
+    time.sleep(min(OUTAGE_SECONDS + 2 * epoch_seconds, 60))
     server, _ = start(folder, port=int(url.rsplit(":", 1)[1]))
     back_at = time.time()
     try:
@@ -139,7 +145,7 @@ def test_a_search_rides_out_a_restart_of_the_recipes_server_and_leaks_no_passwor
 def test_an_outage_longer_than_the_retries_fails_clearly_and_the_search_resumes(tmp_path):
     # MLflow's client retries cut from ~2 minutes to seconds, so a short outage outlasts them
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    folder, url, client, search, _ = start_search_and_stop_the_server(tmp_path, start_mlflow_server, **retries)
+    folder, url, client, search, *_ = start_search_and_stop_the_server(tmp_path, start_mlflow_server, **retries)
     _, err = search.communicate(timeout=600)  # the server stays down
     assert search.returncode == 2, err[-3000:]
     assert "trials failed because the MLflow tracking server" in err and "still does not answer" in err
