@@ -21,6 +21,18 @@ from tests.postgres import throwaway_postgres
 from tests.study import STUDY, Study, read_study
 
 
+def pytest_configure(config):
+    """One core's worth of PyTorch threads per xdist worker. Each worker would otherwise run two
+    threads on the two cores while the other worker's searches fill them, and PyTorch's OpenMP
+    threads spin at every barrier waiting for a descheduled peer: beside two busy processes, two
+    epochs of a small CAE took 30 s on two threads and 4 s on one (docs/testing.md)."""
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 @pytest.fixture(scope="session")
 def small_data():
     """2,000 real training images, the usual 10,000 validation and test images."""
